@@ -1,0 +1,43 @@
+"""``boneage-phantom <generator> --out DIR --n N --seed S ...``
+
+Every module in :mod:`boneage.phantoms` that defines ``NAME``, ``add_arguments(parser)``
+and ``main(args)`` becomes a sub-command, so a new generator needs no registry edit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import boneage.phantoms as _pkg
+
+
+def generators() -> dict:
+    """Map of sub-command name -> generator module."""
+    found = {}
+    for info in pkgutil.iter_modules(_pkg.__path__):
+        if info.name in {"cli", "common"}:
+            continue
+        module = importlib.import_module(f"boneage.phantoms.{info.name}")
+        if all(hasattr(module, a) for a in ("NAME", "add_arguments", "main")):
+            found[module.NAME] = module
+    return dict(sorted(found.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="boneage-phantom",
+                                     description="Write a phantom data set in a real on-disk format.")
+    sub = parser.add_subparsers(dest="generator", required=True)
+    for name, module in generators().items():
+        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    args = parser.parse_args(argv)
+    args._module.main(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
