@@ -163,7 +163,7 @@ def _draw_view(img: np.ndarray, body: _Body, rng: np.random.Generator, bone: flo
     lumbar_top, lumbar_step = 0.365, 0.021
     for k in range(5):
         v = lumbar_top + lumbar_step * k
-        body.bone_ellipse(0.0, v, 0.075, 0.0085, bone * spine_gain * lumbar_gain,
+        body.bone_ellipse(0.0, v, 0.075, 0.0085, bone * spine_gain * (lumbar_gain if posterior else 1.0),
                           amp=lumbar_amp if posterior else None)
     ly0, lx0 = body.xy(-0.075, lumbar_top - 0.0085)
     ly1, lx1 = body.xy(0.075, lumbar_top + 4 * lumbar_step + 0.0085)
@@ -191,7 +191,7 @@ def render_one(true_age: float, female: bool, rng: np.random.Generator, width: i
                height: int = 3000, stripe_period: float | None = None,
                female_shift: float = 4.0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """One image in [0, 1] (height x width) and its age-region box (x0, y0, x1, y1), half-open."""
-    period = stripe_period if stripe_period is not None else max(3.0, height / 750.0)
+    period = stripe_period if stripe_period is not None else max(4.0, height / 750.0)
     img = np.zeros((height, width), np.float32)
     t = float(np.clip((true_age + (female_shift if female else 0.0) - AGE_RANGE[0]) / 44.0, 0.0, 1.0))
     bone = rng.uniform(0.35, 0.5)
@@ -264,7 +264,7 @@ def render(out: str | Path, n: int = 200, seed: int = 0, label_noise_sigma: floa
     PhantomMetadata(generator=NAME, n=n, seed=seed, label_noise_sigma=label_noise_sigma, units="years",
                     label_file=LABEL_FILE,
                     extra={"width": width, "height": height,
-                           "stripe_period": stripe_period or max(3.0, height / 750.0),
+                           "stripe_period": stripe_period or max(4.0, height / 750.0),
                            "female_shift": female_shift, "age_range": list(AGE_RANGE),
                            "age_region": "posterior lumbar spine L1-L5 (boxes in phantom_truth.csv)"}
                     ).write(out)
@@ -282,7 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=900, help="image width (real data: ~900)")
     parser.add_argument("--height", type=int, default=3000, help="image height (real data: ~3000)")
     parser.add_argument("--stripe-period", type=float, default=None,
-                        help="period in px of the fine age texture (default height/750, at least 3)")
+                        help="period in px of the fine age texture (default height/750, at least 4)")
     parser.add_argument("--bit-depth", type=int, default=8, choices=(8, 16))
 
 
