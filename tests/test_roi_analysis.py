@@ -100,3 +100,46 @@ def test_box_iou_and_coverage():
     a, b = Box(0, 0, 10, 10), Box(5, 0, 15, 10)
     assert a.iou(b) == pytest.approx(50 / 150)
     assert Box(0, 0, 20, 20).coverage(a) == 1.0 and a.coverage(b) == 0.5
+
+
+def test_exporter_writes_crops_from_originals(tmp_path):
+    from PIL import Image
+
+    from boneage.analysis.roi import RoiExporter
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = []
+    for i, depth in enumerate((8, 16)):
+        arr = (np.arange(90 * 30).reshape(90, 30) % (250 if depth == 8 else 60000)).astype(
+            np.uint8 if depth == 8 else np.uint16)
+        Image.fromarray(arr).save(src / f"s{i}.png")
+        rows.append(arr)
+    heat = np.zeros((30, 10))  # network-input grid, a third of the original
+    heat[10:15, 2:5] = 1.0
+    exp = RoiExporter(tmp_path / "roi", figures=tmp_path / "fig", max_figures=1)
+    exp.add(src / "s1.png", 61.5, "F", heat, order=1, split="test")
+    exp.add(src / "s0.png", 44.0, "M", np.zeros((30, 10)), order=0, split="train")
+    csv = exp.finish()
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert list(table.columns[:3]) == ["image", "age_years", "sex"]
+    assert table.image.tolist() == ["crops/000000_s0.png", "crops/000001_s1.png"]  # source order
+    assert table.fallback.tolist() == [True, False]
+    crop16 = np.array(Image.open(tmp_path / "roi" / table.image[1]))
+    assert crop16.dtype == np.uint16 and np.array_equal(crop16, rows[1][30:45, 6:15])
+    crop8 = np.array(Image.open(tmp_path / "roi" / table.image[0]))
+    assert np.array_equal(crop8, rows[0])  # empty mask: whole image kept
+    assert len(list((tmp_path / "fig").glob("*.png"))) == 1
+    assert "1 with an empty mask" in exp.summary()
+
+
+def test_exporter_missing_original_names_file(tmp_path):
+    from boneage.analysis.roi import RoiExporter
+
+    exp = RoiExporter(tmp_path / "roi")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        exp.add(tmp_path / "nope.png", 50.0, "M", np.ones((4, 4)), order=0)
+    with pytest.raises(ValueError, match="no sample"):
+        exp.finish()

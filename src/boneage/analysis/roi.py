@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 from scipy import ndimage
 
 Blobs = Literal["peak", "largest", "union"]
@@ -180,3 +183,117 @@ def crop(image: np.ndarray, box: Box) -> np.ndarray:
     if box.x1 > w or box.y1 > h or box.x0 < 0 or box.y0 < 0:
         raise ValueError(f"box {box.as_tuple()} lies outside the image of {w}x{h}")
     return image[box.y0:box.y1, box.x0:box.x1]
+
+
+# --- the ROI data set: crops from the original images plus a CSV in the hospital format ---
+
+def read_original(path: str | Path) -> np.ndarray:
+    """An original image as a 2-D array, keeping its bit depth (8- or 16-bit grayscale PNG)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"original image {path} not found (the ROI export crops from the originals)")
+    with Image.open(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.uint16 if im.mode != "I" else np.int32)
+        else:
+            arr = np.asarray(im.convert("L"))
+    return arr
+
+
+def save_crop(path: str | Path, patch: np.ndarray) -> None:
+    """Save a crop as a grayscale PNG with the original's bit depth."""
+    patch = np.ascontiguousarray(patch)
+    if patch.dtype == np.int32:
+        patch = np.clip(patch, 0, 65535).astype(np.uint16)
+    Image.fromarray(patch).save(path)
+
+
+class RoiExporter:
+    """Writes the ROI data set: ``crops/*.png`` plus ``labels.csv`` (image, age_years, sex, ...).
+
+    The CSV has the generic hospital columns first, then provenance: ``source`` (original
+    path), ``split``, the box ``x0, y0, x1, y1`` in original pixels, and ``fallback`` (True
+    where the mask was empty and the whole image was kept). Rows keep the order in which
+    samples are added; ``finish`` sorts them by ``order`` so the ROI data set lists images in
+    the same order as the source CSV (same seeded split in stage 2).
+    """
+
+    def __init__(self, out: str | Path, gamma: float = 150.0, blobs: Blobs = "peak",
+                 empty: Empty = "full", margin: float = 0.0, figures: str | Path | None = None,
+                 max_figures: int | None = None) -> None:
+        self.out = Path(out)
+        (self.out / "crops").mkdir(parents=True, exist_ok=True)
+        self.gamma, self.blobs, self.empty, self.margin = gamma, blobs, empty, margin
+        self.figures = Path(figures) if figures is not None else None
+        if self.figures is not None:
+            self.figures.mkdir(parents=True, exist_ok=True)
+        self.max_figures = max_figures
+        self.rows: list[dict] = []
+
+    def add(self, source: str | Path, age: float, sex: str, heat: np.ndarray, order: int,
+            split: str = "") -> dict:
+        """Locate, crop and save one sample; returns its CSV row."""
+        original = read_original(source)
+        res = locate_roi(heat, original.shape[:2], self.gamma, self.blobs, self.empty, self.margin)
+        patch = crop(original, res.box)
+        name = f"crops/{order:06d}_{Path(source).stem}.png"
+        save_crop(self.out / name, patch)
+        row = {"image": name, "age_years": float(age), "sex": sex, "source": str(source), "split": split,
+               "x0": res.box.x0, "y0": res.box.y0, "x1": res.box.x1, "y1": res.box.y1,
+               "fallback": res.fallback, "order": int(order)}
+        self.rows.append(row)
+        if self.figures is not None and (self.max_figures is None or len(self.rows) <= self.max_figures):
+            note = " (empty mask: whole image)" if res.fallback else ""
+            roi_figure(original, heat, res.box, patch, self.figures / f"{Path(name).stem}.png",
+                       title=f"age {age:.1f} y, sex {sex}{note}")
+        return row
+
+    def finish(self, extra_files: dict[str, str] | None = None) -> Path:
+        """Write ``labels.csv`` (and copy ``extra_files`` {name: text}); returns the CSV path."""
+        if not self.rows:
+            raise ValueError(f"no sample was exported to {self.out}: is the predict split empty?")
+        table = pd.DataFrame(self.rows).sort_values("order").drop(columns="order")
+        dup = table.image.duplicated()
+        if dup.any():
+            raise ValueError(f"duplicate crop names in the ROI export, e.g. {table.image[dup].iloc[0]}")
+        csv = self.out / "labels.csv"
+        table.to_csv(csv, index=False)
+        for name, text in (extra_files or {}).items():
+            (self.out / name).write_text(text)
+        return csv
+
+    def summary(self) -> str:
+        n = len(self.rows)
+        fb = sum(r["fallback"] for r in self.rows)
+        return (f"ROI export: {n} crops and labels.csv written to {self.out} "
+                f"({fb} with an empty mask kept whole)")
+
+
+def roi_figure(original: np.ndarray, heat: np.ndarray, box: Box, patch: np.ndarray, path: str | Path,
+               title: str = "") -> Path:
+    """Fig. 3 of the paper for one sample: original, heat map, overlay with the box, crop."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    h, w = original.shape[:2]
+    heat_big = np.asarray(Image.fromarray(np.asarray(heat, np.float32)).resize((w, h), Image.BILINEAR))
+    fig, axes = plt.subplots(1, 4, figsize=(8, 6), gridspec_kw={"width_ratios": [1, 1, 1, 1.2]})
+    axes[0].imshow(original, cmap="gray")
+    axes[1].imshow(heat_big, cmap="jet", vmin=0, vmax=1)
+    axes[2].imshow(original, cmap="gray")
+    axes[2].imshow(heat_big, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    axes[2].add_patch(Rectangle((box.x0 - 0.5, box.y0 - 0.5), box.width, box.height, fill=False,
+                                edgecolor="white", linewidth=1.5))
+    axes[3].imshow(patch, cmap="gray")
+    for ax, label in zip(axes, ("(a) original", "(b) heat map", "(c) overlay", "(d) crop")):
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
