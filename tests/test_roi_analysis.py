@@ -143,3 +143,14 @@ def test_exporter_missing_original_names_file(tmp_path):
         exp.add(tmp_path / "nope.png", 50.0, "M", np.ones((4, 4)), order=0)
     with pytest.raises(ValueError, match="no sample"):
         exp.finish()
+
+
+def test_letterboxed_heat_map_maps_to_original():
+    """A 900x3000 original letterboxed into a 1000x1000 input occupies columns 350..649."""
+    from boneage.analysis.roi import unletterbox
+
+    heat = np.zeros((1000, 1000))
+    heat[400:500, 350 + 100:350 + 150] = 1.0
+    assert unletterbox(heat, (3000, 900)).shape == (1000, 300)
+    res = locate_roi(heat, (3000, 900), letterboxed=True)
+    assert res.box == Box(300, 1200, 450, 1500)

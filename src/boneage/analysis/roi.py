@@ -167,10 +167,28 @@ class RoiResult:
     fallback: bool
 
 
+def unletterbox(heat: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+    """The part of a heat map that covers the image when the network input was letterboxed
+    (scaled to fit, centred, black padding; ``data_modules.base.resize_gray(keep_aspect=True)``)."""
+    h, w = np.shape(heat)
+    H, W = original_size
+    scale = min(h / H, w / W)
+    nh, nw = max(1, round(H * scale)), max(1, round(W * scale))
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return np.asarray(heat)[top:top + nh, left:left + nw]
+
+
 def locate_roi(heat: np.ndarray, original_size: tuple[int, int], gamma: float = 150.0,
-               blobs: Blobs = "peak", empty: Empty = "full", margin: float = 0.0) -> RoiResult:
-    """Heat map on the network-input grid -> box on the original (height, width) grid."""
+               blobs: Blobs = "peak", empty: Empty = "full", margin: float = 0.0,
+               letterboxed: bool = False) -> RoiResult:
+    """Heat map on the network-input grid -> box on the original (height, width) grid.
+
+    ``letterboxed``: the network input was a letterboxed resize; the padding is dropped
+    first (``heat_box`` is then on the unpadded grid).
+    """
     heat = np.asarray(heat, dtype=np.float64)
+    if letterboxed:
+        heat = unletterbox(heat, original_size)
     mask = binary_mask(heat, gamma)
     heat_box, fallback = mask_box(mask, heat, blobs=blobs, empty=empty)
     box = map_box(heat_box, heat.shape, tuple(original_size), margin=margin)
@@ -212,16 +230,18 @@ class RoiExporter:
     """Writes the ROI data set: ``crops/*.png`` plus ``labels.csv`` (image, age_years, sex, ...).
 
     The CSV has the generic hospital columns first, then provenance: ``source`` (original
-    path), ``split``, the box ``x0, y0, x1, y1`` in original pixels, and ``fallback`` (True
-    where the mask was empty and the whole image was kept). Rows keep the order in which
+    path), ``split``, the box ``x0, y0, x1, y1`` in original pixels, ``fallback`` (True
+    where the mask was empty and the whole image was kept) and the original's
+    ``orig_height, orig_width``. Rows keep the order in which
     samples are added; ``finish`` sorts them by ``order`` so the ROI data set lists images in
     the same order as the source CSV (same seeded split in stage 2).
     """
 
     def __init__(self, out: str | Path, gamma: float = 150.0, blobs: Blobs = "peak",
                  empty: Empty = "full", margin: float = 0.0, figures: str | Path | None = None,
-                 max_figures: int | None = None) -> None:
+                 max_figures: int | None = None, letterboxed: bool = False) -> None:
         self.out = Path(out)
+        self.letterboxed = letterboxed
         (self.out / "crops").mkdir(parents=True, exist_ok=True)
         self.gamma, self.blobs, self.empty, self.margin = gamma, blobs, empty, margin
         self.figures = Path(figures) if figures is not None else None
@@ -234,17 +254,20 @@ class RoiExporter:
             split: str = "") -> dict:
         """Locate, crop and save one sample; returns its CSV row."""
         original = read_original(source)
-        res = locate_roi(heat, original.shape[:2], self.gamma, self.blobs, self.empty, self.margin)
+        res = locate_roi(heat, original.shape[:2], self.gamma, self.blobs, self.empty, self.margin,
+                         self.letterboxed)
         patch = crop(original, res.box)
         name = f"crops/{order:06d}_{Path(source).stem}.png"
         save_crop(self.out / name, patch)
         row = {"image": name, "age_years": float(age), "sex": sex, "source": str(source), "split": split,
                "x0": res.box.x0, "y0": res.box.y0, "x1": res.box.x1, "y1": res.box.y1,
-               "fallback": res.fallback, "order": int(order)}
+               "fallback": res.fallback, "orig_height": original.shape[0], "orig_width": original.shape[1],
+               "order": int(order)}
         self.rows.append(row)
         if self.figures is not None and (self.max_figures is None or len(self.rows) <= self.max_figures):
             note = " (empty mask: whole image)" if res.fallback else ""
-            roi_figure(original, heat, res.box, patch, self.figures / f"{Path(name).stem}.png",
+            shown = unletterbox(heat, original.shape[:2]) if self.letterboxed else heat
+            roi_figure(original, shown, res.box, patch, self.figures / f"{Path(name).stem}.png",
                        title=f"age {age:.1f} y, sex {sex}{note}")
         return row
 
