@@ -36,8 +36,9 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
         **kwargs: see HospitalCSVDataModule / ImageTableDataModule (split_col, batch_size, ...).
     """
 
-    def __init__(self, csv_path: str = "data/scintigraphy/labels.csv", image_size: tuple[int, int] = (1000, 300),
-                 keep_aspect: bool = False, predict_split: str = "test", **kwargs: Any) -> None:
+    def __init__(self, csv_path: str = "data/scintigraphy/labels.csv",
+                 image_size: tuple[int, int] = (1000, 300), keep_aspect: bool = False,
+                 predict_split: str = "test", **kwargs: Any) -> None:
         super().__init__(csv_path=csv_path, image_size=image_size, keep_aspect=keep_aspect, **kwargs)
         if predict_split not in ("all", *SPLITS):
             raise ValueError(f"predict_split must be 'all', 'train', 'val' or 'test', got {predict_split!r}")
