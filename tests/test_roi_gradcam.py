@@ -50,3 +50,15 @@ def test_localizes_the_evidence():
     cam = gradcam(net, net[1], x, torch.tensor([0]))[0]
     y, xx = np.unravel_index(int(cam.argmax()), cam.shape)
     assert 19 <= y <= 24 and 2 <= xx <= 6
+
+
+def test_works_under_inference_mode():
+    """Lightning's predict loop runs in inference_mode; the ROI export calls Grad-CAM there."""
+    net = _net()
+    x = torch.randn(2, 1, 16, 16)
+    expected = gradcam(net, net[3], x)
+    with torch.inference_mode():
+        x_inf = torch.randn(2, 1, 16, 16).copy_(x)
+        got = gradcam(net, net[3], x_inf)
+        got_with_targets = gradcam(net, net[3], x_inf, net(x_inf).argmax(1))
+    assert torch.allclose(got, expected) and torch.allclose(got_with_targets, expected)

@@ -259,7 +259,7 @@ class RoiExporter:
         patch = crop(original, res.box)
         name = f"crops/{order:06d}_{Path(source).stem}.png"
         save_crop(self.out / name, patch)
-        row = {"image": name, "age_years": float(age), "sex": sex, "source": str(source), "split": split,
+        row = {"image": name, "age_years": round(float(age), 4), "sex": sex, "source": str(source), "split": split,
                "x0": res.box.x0, "y0": res.box.y0, "x1": res.box.x1, "y1": res.box.y1,
                "fallback": res.fallback, "orig_height": original.shape[0], "orig_width": original.shape[1],
                "order": int(order)}

@@ -30,21 +30,24 @@ def gradcam(model: nn.Module, target_layer: nn.Module, images: torch.Tensor,
 
     handle = target_layer.register_forward_hook(hook)
     try:
-        with torch.enable_grad():
+        # Lightning's predict runs under inference_mode, which enable_grad alone cannot undo;
+        # inference tensors must be cloned outside it before autograd may use them.
+        with torch.inference_mode(False), torch.enable_grad():
+            images = images.clone()
             logits = model(images)
             if not captured:
                 raise RuntimeError(f"target layer {type(target_layer).__name__} was not called by the model")
             acts = captured[-1]
             if acts.dim() != 4:
                 raise ValueError(f"target layer output must be [B, K, h, w], got {tuple(acts.shape)}")
-            if targets is None:
-                targets = logits.argmax(dim=1)
+            targets = logits.argmax(dim=1) if targets is None else targets.clone()
             scores = logits.gather(1, targets.long().view(-1, 1).to(logits.device)).sum()
             (grads,) = torch.autograd.grad(scores, acts)
+            weights = grads.mean(dim=(2, 3), keepdim=True)  # Eq. 1 (1/Z sum over positions)
+            cam = F.relu((weights * acts.detach()).sum(dim=1, keepdim=True))  # Eq. 2 + ReLU
+            size = tuple(images.shape[-2:])
+            cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+            cam = cam - cam.flatten(1).min(dim=1).values.view(-1, 1, 1)
+            return cam / (cam.flatten(1).max(dim=1).values.view(-1, 1, 1) + 1e-7)
     finally:
         handle.remove()
-    weights = grads.mean(dim=(2, 3), keepdim=True)  # Eq. 1 (1/Z sum over positions)
-    cam = F.relu((weights * acts).sum(dim=1, keepdim=True)).detach()  # Eq. 2 + ReLU
-    cam = F.interpolate(cam, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-    cam = cam - cam.flatten(1).min(dim=1).values.view(-1, 1, 1)
-    return cam / (cam.flatten(1).max(dim=1).values.view(-1, 1, 1) + 1e-7)
