@@ -47,3 +47,12 @@ def test_markdown_and_cli(tmp_path, capsys):
     assert out.read_text() == md
     printed = capsys.readouterr().out
     assert "not yet tested (9)" in printed and "roi_xception_scinti," not in printed
+
+
+def test_cli_prints_phantom_noise_floor(tmp_path, capsys):
+    from boneage.phantoms.common import PhantomMetadata
+
+    PhantomMetadata(generator="scintigraphy", n=10, seed=0, label_noise_sigma=2.0, units="years",
+                    label_file="labels.csv").write(tmp_path)
+    roi_tables.main(["--logs", str(tmp_path / "runs"), "--data", str(tmp_path)])
+    assert "noise floor MAE 1.60 years" in capsys.readouterr().out

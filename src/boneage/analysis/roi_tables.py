@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from boneage.phantoms.common import read_metadata
+
 
 @dataclass(frozen=True)
 class Method:
@@ -99,8 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default="lightning_logs", help="root of the run directories")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     parser.add_argument("--paper", action="store_true", help="add the paper's numbers as columns")
+    parser.add_argument("--data", default=None,
+                        help="data folder; a phantom.json there adds its noise floor under the table")
     args = parser.parse_args(argv)
     text = to_markdown(table1(args.logs, paper=args.paper))
+    meta = read_metadata(args.data) if args.data else None
+    if meta is not None:
+        units = meta["units"]
+        text += (f"\nPhantom data ({meta['generator']}, n={meta['n']}): label noise sigma "
+                 f"{meta['label_noise_sigma']} {units}, noise floor MAE {meta['noise_floor_mae']:.2f} "
+                 f"{units} (no model can beat it on average).\n")
     print(text, end="")
     missing = missing_runs(args.logs)
     if missing:
