@@ -59,11 +59,12 @@ roi-phantom: $(ROI_DEPS)
 	  $(PY) -m boneage.phantoms.cli scintigraphy --out $(ROI_DATA) --n 400
 
 # Tiny scale (CPU, minutes): 400 phantom scans of 144 x 480, a tiny timm ResNet everywhere, lr 1e-3
-# (from scratch), 15 epochs; stage 1 at 48 x 160 (the paper's factor 3) with Grad-CAM on layer3,
+# (from scratch), 12 epochs; stage 1 at 48 x 160 (the paper's factor 3) with Grad-CAM on layer3,
 # crops letterboxed to 64 x 128, the ResNet baseline on whole images at 40 x 120 (factor 4).
 ROI_DEMO_RUNS ?= lightning_logs/roi_demo
 ROI_DEMO_DATA ?= data/roi_demo_phantom
-ROI_DEMO_COMMON = --trainer.max_epochs 15 --trainer.enable_progress_bar false --data.init_args.num_workers 0 \
+ROI_DEMO_EPOCHS ?= 12
+ROI_DEMO_COMMON = --trainer.max_epochs $(ROI_DEMO_EPOCHS) --trainer.enable_progress_bar false --data.init_args.num_workers 0 \
   --model.init_args.optimizer.init_args.lr 0.001
 roi-demo: $(ROI_DEPS)
 	@test -f $(ROI_DEMO_DATA)/labels.csv || \

@@ -195,7 +195,7 @@ def render_one(true_age: float, female: bool, rng: np.random.Generator, width: i
     img = np.zeros((height, width), np.float32)
     t = float(np.clip((true_age + (female_shift if female else 0.0) - AGE_RANGE[0]) / 44.0, 0.0, 1.0))
     bone = rng.uniform(0.35, 0.5)
-    lumbar_gain = 1.0 + 0.35 * t + rng.normal(0.0, 0.08)  # coarse signal, large spread
+    lumbar_gain = 1.0 + 0.35 * t + rng.normal(0.0, 0.04)  # coarse signal, wide individual spread
     lumbar_amp = float(np.clip(0.06 + 0.5 * t + rng.normal(0.0, 0.015), 0.0, 0.8))  # fine signal
     scale = rng.uniform(0.92, 1.04)
     view_w = width / 2.0
