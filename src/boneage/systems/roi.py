@@ -154,6 +154,9 @@ class AgeGroupLocalizer(pl.LightningModule):
         return Path(self.trainer.default_root_dir) / "roi_dataset"
 
     def on_predict_start(self) -> None:
+        if self.trainer.world_size > 1:
+            raise RuntimeError("the ROI export writes one data set from one process: run predict with "
+                               "--trainer.devices 1 (training may use several GPUs)")
         out = self.roi_dir()
         if (out / "crops").is_dir():  # a new export replaces the old one: no stale crops
             shutil.rmtree(out / "crops")
