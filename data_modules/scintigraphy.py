@@ -2,7 +2,8 @@
 
 Images are tall (about 900 wide x 3000 high, anterior and posterior views side by side).
 The same module reads the ROI data set written by the stage-1 export (crops + labels.csv
-with a ``split`` column): set ``split_col: split`` so stage 2 keeps stage 1's split.
+with a ``split`` column): with the default ``split_col: auto`` a CSV that has a ``split``
+column keeps it, so stage 2 trains and tests on exactly stage 1's split.
 
 Choices where the paper is silent: seeded 80/10/10 split (the paper gives no split);
 whole images are stretched to the network size (``keep_aspect: false``), as the paper
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from torch.utils.data import DataLoader
 
 from boneage.phantoms import scintigraphy as phantom
@@ -33,16 +35,26 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
         keep_aspect: letterbox instead of stretching.
         predict_split: which split(s) ``predict`` runs over: "all" (train, val and test: the
             ROI export needs crops of every image), or one of train/val/test.
-        **kwargs: see HospitalCSVDataModule / ImageTableDataModule (split_col, batch_size, ...).
+        split_col: column with train/val/test; "auto" (default) uses a ``split`` column when
+            the CSV has one (the ROI export does) and a seeded split otherwise; None always
+            splits by seed.
+        **kwargs: see HospitalCSVDataModule / ImageTableDataModule (batch_size, seed, ...).
     """
 
     def __init__(self, csv_path: str = "data/scintigraphy/labels.csv",
                  image_size: tuple[int, int] = (1000, 300), keep_aspect: bool = False,
-                 predict_split: str = "test", **kwargs: Any) -> None:
-        super().__init__(csv_path=csv_path, image_size=image_size, keep_aspect=keep_aspect, **kwargs)
+                 predict_split: str = "test", split_col: str | None = "auto", **kwargs: Any) -> None:
+        self._auto_split = split_col == "auto"
+        super().__init__(csv_path=csv_path, image_size=image_size, keep_aspect=keep_aspect,
+                         split_col=None if self._auto_split else split_col, **kwargs)
         if predict_split not in ("all", *SPLITS):
             raise ValueError(f"predict_split must be 'all', 'train', 'val' or 'test', got {predict_split!r}")
         self.predict_split = predict_split
+
+    def read_table(self) -> pd.DataFrame:
+        if self._auto_split and self.csv_path.is_file():
+            self.split_col = "split" if "split" in pd.read_csv(self.csv_path, nrows=0).columns else None
+        return super().read_table()
 
     def predict_splits(self) -> list[str]:
         """The split names of the predict loaders, in loader order."""
@@ -70,4 +82,4 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
         root = Path(root)
         if not (root / "phantom.json").is_file():
             phantom.render(root, n=n, seed=seed, width=96, height=320, progress=False)
-        return {"csv_path": str(root / phantom.LABEL_FILE), "split_col": None}
+        return {"csv_path": str(root / phantom.LABEL_FILE)}

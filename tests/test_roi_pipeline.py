@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from boneage.cli import VERSION_ENV
 from boneage.cli import main as cli_main
 from data_modules.scintigraphy import ScintigraphyDataModule
 
@@ -32,6 +33,7 @@ def phantom(tmp_path_factory):
 
 
 def _stage(cmd: str, exp: str, csv: str, runs: Path, *extra: str) -> None:
+    os.environ.pop(VERSION_ENV, None)  # a fresh run directory per command, as from the shell
     configs = ["--config", str(REPO / "experiments" / f"{exp}.yaml"), "--config", str(TINY / f"{exp}.yaml")]
     cli_main([cmd, *configs, "--runs_dir", str(runs), "--data.init_args.csv_path", csv, *TRAINER, *extra])
 
@@ -57,7 +59,7 @@ def test_export_is_a_valid_dataset_with_stage1_split(phantom, exported):
         assert np.array_equal(crop, original[r.y0:r.y1, r.x0:r.x1])
     # stage 2 reads it and keeps stage 1's split
     stage1 = ScintigraphyDataModule(csv_path=phantom, image_size=(160, 48))
-    stage2 = ScintigraphyDataModule(csv_path=str(csv), split_col="split", image_size=(64, 64), batch_size=8)
+    stage2 = ScintigraphyDataModule(csv_path=str(csv), image_size=(64, 64), batch_size=8)  # split_col auto
     stage1.setup()
     stage2.setup()
     for split in ("train", "val", "test"):
