@@ -39,7 +39,7 @@ from torch import nn
 from boneage.nn.cbam import CBAM
 from boneage.nn.inception import Inception1, Inception2, IncRes1, IncRes2, conv_bn
 
-__all__ = ["TJNet", "tjnet", "tjnet_tiny"]
+__all__ = ["BackboneAgeClassifier", "TJNet", "tjnet", "tjnet_tiny"]
 
 
 def _w(channels: int, width: float, minimum: int = 4) -> int:
@@ -180,3 +180,40 @@ def tjnet_tiny(**kwargs) -> TJNet:
     kwargs.setdefault("age_hidden", (32, 32))
     kwargs.setdefault("sex_hidden", 16)
     return TJNet(**kwargs)
+
+
+class BackboneAgeClassifier(nn.Module):
+    """The paper's baselines (Table 1): a timm backbone (VGG16, Inception V3/V4, ResNet50) with
+    TJ-Net's block 6, i.e. the same separate sex input (FC 64) and dense classification head
+    (FC 512, FC 256, age-class logits). ``forward(image, sex)`` returns age logits.
+
+    Args:
+        backbone: timm name (``vgg16_bn``, ``inception_v3``, ``inception_v4``, ``resnet50``) or any
+            name :func:`boneage.models.backbones.create_backbone` accepts.
+        num_classes: number of age classes.
+        pretrained_path: local weights file (nothing is downloaded); None trains from scratch.
+        in_chans, sex_units, age_hidden, dropout: as in :class:`TJNet`.
+    """
+
+    def __init__(self, backbone: str = "resnet50", num_classes: int = 77, pretrained_path: str | None = None,
+                 in_chans: int = 1, sex_units: int = 64, age_hidden: Sequence[int] = (512, 256),
+                 dropout: float = 0.5, **backbone_kwargs) -> None:
+        super().__init__()
+        from boneage.models.backbones import create_backbone
+
+        self.num_classes = num_classes
+        self.backbone = create_backbone(backbone, in_chans=in_chans, pretrained_path=pretrained_path,
+                                        **backbone_kwargs)
+        self.sex_fc = nn.Sequential(nn.Linear(1, sex_units), nn.ReLU())
+        layers: list[nn.Module] = []
+        prev = self.backbone.num_features + sex_units
+        for h in age_hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU(), nn.Dropout(dropout)]
+            prev = h
+        layers.append(nn.Linear(prev, num_classes))
+        self.age_head = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(image)
+        s = self.sex_fc(sex.reshape(-1, 1).to(feats.dtype))
+        return self.age_head(torch.cat([feats, s], dim=1))
