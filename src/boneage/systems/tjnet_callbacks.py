@@ -69,13 +69,13 @@ class AlphaPlateau(pl.Callback):
         return False
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.switched_epoch is not None:
+        if trainer.sanity_checking:
             return
         metric = trainer.callback_metrics.get(self.monitor)
-        if metric is None:
+        if metric is None and self.switched_epoch is None:
             raise KeyError(f"AlphaPlateau monitors '{self.monitor}', which the system did not log; "
                            f"logged: {sorted(trainer.callback_metrics)}")
-        if self.step(float(metric), trainer.current_epoch):
+        if metric is not None and self.step(float(metric), trainer.current_epoch):
             final = float(self.final if self.final is not None else pl_module.num_classes)
             old = float(pl_module.alpha)
             pl_module.alpha.fill_(final)
