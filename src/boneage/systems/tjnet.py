@@ -255,8 +255,8 @@ class TJNetSystem(pl.LightningModule):
         out = self.model_step(batch, "test")
         self._outputs.append({"index": batch["index"], "pred": out["pred"], "pred_class": out["pred_class"],
                               "age": batch["age"].float(), "sex": batch["sex"].float()})
-        if batch_idx == 0:
-            k = self.hparams.heatmap_images
+        k = self.hparams.heatmap_images
+        if batch_idx == 0 and k > 0:
             self._heat_batch = {"image": batch["image"][:k], "sex": batch["sex"][:k], "age": batch["age"][:k]}
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
