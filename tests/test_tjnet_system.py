@@ -113,6 +113,6 @@ def test_tiny_tjnet_learns_on_phantom(tmp_path):
     train_mean = dm.table("train")["age"].mean()
     mean_predictor = float(np.abs(dm.table("test")["age"] - train_mean).mean())
     floor = read_metadata(root)["noise_floor_mae"]
-    print(f"tiny TJ-Net test MAD {mad:.2f} y, mean predictor {mean_predictor:.2f} y, noise floor {floor:.2f} y")
+    print(f"tiny TJ-Net test MAD {mad:.2f} y, mean predictor {mean_predictor:.2f} y, floor {floor:.2f} y")
     assert float(system.alpha) == 23.0  # the plateau rule fired during training
     assert mad < 0.5 * mean_predictor, (mad, mean_predictor)
