@@ -58,3 +58,20 @@ def test_error_by_age_group_figure_and_bad_columns(tmp_path):
         tt.error_by_age_group({"bad": a.drop(columns="pred_years")}, tmp_path / "x.png")
     with pytest.raises(FileNotFoundError, match="metrics.csv"):
         tt.run_metrics(tmp_path)
+
+
+def test_tables_command_composes_fig5_and_fig6(tmp_path):
+    import matplotlib.pyplot as plt
+
+    logs = tmp_path / "logs"
+    rng = np.random.default_rng(1)
+    for exp in ("tjnet_rsna", "tjnet_rsna_no_joint", "tjnet_rsna_no_cbam"):
+        run = _run(logs, exp, 0, [{"test/mad_years": 0.5, "test/rmse_years": 0.7}])
+        age = rng.uniform(0, 19, 50)
+        pd.DataFrame({"age_years": age, "pred_years": age + rng.normal(0, 0.5, 50)}).to_csv(
+            run / "predictions.csv", index=False)
+        (run / "figures").mkdir()
+        plt.imsave(run / "figures" / "block4_activation.png", rng.random((30, 80)))
+    tt.main(["--logs", str(logs), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "fig6_error_by_age_group.png").stat().st_size > 5000
+    assert (tmp_path / "out" / "fig5_block4_activation_cbam.png").stat().st_size > 5000

@@ -8,6 +8,8 @@
   RMSE, training accuracy, test accuracy.
 - Fig. 6 comparison: error distribution per age group with and without joint learning, from the
   two runs' ``predictions.csv``.
+- Fig. 5 comparison: the block-4 activation heat maps of the runs with and without CBAM (each
+  test run draws them for the same first test images), one above the other.
 
 A run is ``lightning_logs/<experiment>/version_N/``; its ``metrics.csv`` is Lightning's CSV log.
 The newest version that holds the test metrics is used. Missing runs give a row of "n/a" and
@@ -186,6 +188,26 @@ def error_by_age_group(predictions: Mapping[str, pd.DataFrame], out: str | Path,
     return out
 
 
+def side_by_side(images: Mapping[str, str | Path], out: str | Path) -> Path:
+    """Stack finished runs' figure PNGs (e.g. block-4 heat maps with and without CBAM, paper Fig. 5)
+    one above the other, each titled, into one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    fig, axes = plt.subplots(len(images), 1, figsize=(10, 3.6 * len(images)), squeeze=False)
+    for ax, (title, path) in zip(axes[:, 0], images.items()):
+        ax.imshow(plt.imread(str(path)))
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="TJ-Net Table 1, ablations and Table 2 from finished runs.")
     parser.add_argument("--logs", default="lightning_logs", help="root of the run directories")
@@ -209,6 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(preds) == 2 and all(p.is_file() for p in preds.values()):
         error_by_age_group({n: pd.read_csv(p) for n, p in preds.items()}, out / "fig6_error_by_age_group.png")
         written.append("fig6_error_by_age_group.png")
+    runs = {name: latest_run(args.logs, exp) for name, exp in
+            (("without CBAM", "tjnet_rsna_no_cbam"), ("with CBAM", "tjnet_rsna"))}
+    maps = {name: run / "figures" / "block4_activation.png" for name, run in runs.items() if run is not None}
+    if len(maps) == 2 and all(p.is_file() for p in maps.values()):
+        side_by_side(maps, out / "fig5_block4_activation_cbam.png")
+        written.append("fig5_block4_activation_cbam.png")
     print(f"wrote {', '.join(written)} to {out}")
     return 0
 
