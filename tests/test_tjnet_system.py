@@ -22,9 +22,9 @@ def tongji_root(tmp_path_factory):
 
 def _trainer(tmp_path, **kw) -> pl.Trainer:
     kw.setdefault("max_epochs", 1)
+    kw.setdefault("enable_checkpointing", False)
     return pl.Trainer(accelerator="cpu", devices=1, logger=pl.loggers.CSVLogger(tmp_path, name="run"),
-                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                      **kw)
+                      enable_progress_bar=False, enable_model_summary=False, **kw)
 
 
 def _rsna_checkpoint(path):
@@ -99,20 +99,24 @@ def test_readout_expected_and_argmax():
     assert system.age_from_logits(logits).item() == 30.0
 
 
-@pytest.mark.slow  # about 2 minutes on one CPU core: 20 epochs of a tiny TJ-Net on 240 hands
+@pytest.mark.slow  # about 2 minutes on one CPU core: 24 epochs of a tiny TJ-Net on 240 hands
 def test_tiny_tjnet_learns_on_phantom(tmp_path):
+    """The recipe as the CLI runs it (lr reduced on a val/mae plateau, best checkpoint tested)."""
     root = tongji.render(tmp_path / "tj", n=240, seed=0, size=128, progress_bar=False)
     pl.seed_everything(0)
     dm = TongjiDataModule(csv_path=str(root / "labels.csv"), image_size=(96, 96), batch_size=16,
                           val_fraction=0.15, test_fraction=0.15, augment=[{"HorizontalFlip": {"p": 0.5}}])
-    system = TJNetSystem(tjnet_tiny(num_classes=23, width=0.25, dropout=0.1), class_width=1.0,
-                         alpha_patience=2, heatmap_images=0)
-    trainer = _trainer(tmp_path, max_epochs=20)
+    system = TJNetSystem(
+        tjnet_tiny(num_classes=23, width=0.25, dropout=0.1), class_width=1.0, alpha_patience=2,
+        heatmap_images=0,
+        scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=3))
+    best = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/mae", mode="min")
+    trainer = _trainer(tmp_path, max_epochs=24, enable_checkpointing=True, callbacks=[best])
     trainer.fit(system, dm)
-    mad = trainer.test(system, dm, verbose=False)[0]["test/mad_years"]
+    assert float(system.alpha) == 23.0  # the plateau rule fired during training
+    mad = trainer.test(system, dm, ckpt_path="best", verbose=False)[0]["test/mad_years"]
     train_mean = dm.table("train")["age"].mean()
     mean_predictor = float(np.abs(dm.table("test")["age"] - train_mean).mean())
     floor = read_metadata(root)["noise_floor_mae"]
     print(f"tiny TJ-Net test MAD {mad:.2f} y, mean predictor {mean_predictor:.2f} y, floor {floor:.2f} y")
-    assert float(system.alpha) == 23.0  # the plateau rule fired during training
     assert mad < 0.5 * mean_predictor, (mad, mean_predictor)
