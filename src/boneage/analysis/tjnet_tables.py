@@ -13,7 +13,7 @@
 
 A run is ``lightning_logs/<experiment>/version_N/``; its ``metrics.csv`` is Lightning's CSV log.
 The newest version that holds the test metrics is used. Missing runs give a row of "n/a" and
-the command says which experiment to run (``make train EXP=...`` then ``make eval EXP=...``).
+the command names the runs and the make target that produces them (mk/tjnet.mk).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
     missing = table.loc[table["run"].isna(), "experiment"].tolist()
     if missing:
         lines += ["", "n/a: no finished test run yet for " + ", ".join(missing)
-                  + " (make train EXP=<name>; make eval EXP=<name>)"]
+                  + " (make tjnet-rsna, tjnet-ablations, tjnet-baselines or tjnet-transfer; docs/tjnet.md)"]
     return "\n".join(lines) + "\n"
 
 
