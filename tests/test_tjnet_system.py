@@ -56,6 +56,11 @@ def test_transfer_loads_checkpoint_freezes_blocks_and_writes_outputs(tmp_path, t
             assert torch.equal(value, source[name]), f"{name}: frozen block not equal to the checkpoint"
     assert not torch.equal(after["blocks.3.0.proj.0.weight"], source["blocks.3.0.proj.0.weight"])  # trained
     assert after["age_head.6.weight"].shape[0] == 23  # the 23-class output layer stays fresh
+    # the system's own AlphaPlateau and its alpha buffer go into checkpoints
+    trainer.save_checkpoint(tmp_path / "tongji.ckpt")
+    saved = torch.load(tmp_path / "tongji.ckpt", weights_only=False)
+    assert saved["state_dict"]["alpha"].item() == 1.5
+    assert any(k.startswith("AlphaPlateau") and v["wait"] == 0 for k, v in saved["callbacks"].items())
     # test: predictions in label units and in years, and the paper's figures in the run directory
     trainer.test(system, dm, verbose=False)
     run = tmp_path / "run" / "version_0"
