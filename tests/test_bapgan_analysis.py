@@ -30,10 +30,10 @@ def test_vtt_scorer_against_hand_made_answers(tmp_path: Path) -> None:
         key / "progression.csv", index=False)
     pd.DataFrame({"pair": ["p1", "p2"], "answer": list("BB")}).to_csv(key / "regression.csv", index=False)
     # reader A: real -> R,R,R,S ; synthetic -> R,R,S,S,S,S ; progression 3/4 ; regression 1/2
-    _write(tmp_path / "A" / "realism_sheet.csv",
-           list(zip([f"c{i}" for i in range(1, 11)], ["R", "real", "r", "S", "R", "R", "S", "s", "synthetic", "S"])),
-           "case")
-    _write(tmp_path / "A" / "progression_sheet.csv", [("p1", "A"), ("p2", "B"), ("p3", "A"), ("p4", "a")], "pair")
+    answers = ["R", "real", "r", "S", "R", "R", "S", "s", "synthetic", "S"]
+    _write(tmp_path / "A" / "realism_sheet.csv", list(zip([f"c{i}" for i in range(1, 11)], answers)), "case")
+    _write(tmp_path / "A" / "progression_sheet.csv",
+           [("p1", "A"), ("p2", "B"), ("p3", "A"), ("p4", "a")], "pair")
     _write(tmp_path / "A" / "regression_sheet.csv", [("p2", "B"), ("p1", "A")], "pair")
     t2, t3 = vtt.score(key, {"A": tmp_path / "A"})
     row = t2.iloc[0]
@@ -77,7 +77,8 @@ def test_vtt_export_hides_the_answers_and_the_key_is_right(tmp_path: Path) -> No
     # a perfect reader scores 100 everywhere through the CLI
     perfect = tmp_path / "perfect"
     perfect.mkdir()
-    key.rename(columns={"truth": "answer"})[["case", "answer"]].to_csv(perfect / "realism_sheet.csv", index=False)
+    sheet = key.rename(columns={"truth": "answer"})[["case", "answer"]]
+    sheet.to_csv(perfect / "realism_sheet.csv", index=False)
     for task in ("progression", "regression"):
         pd.read_csv(tmp_path / "answer_key" / f"{task}.csv")[["pair", "answer"]].to_csv(
             perfect / f"{task}_sheet.csv", index=False)
