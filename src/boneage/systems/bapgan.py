@@ -186,7 +186,7 @@ class BAPGANSystem(pl.LightningModule):
         finite = torch.stack([v.detach().float() for v in terms.values()]).isfinite().all()
         if self.trainer.strategy.reduce_boolean_decision(bool(finite), all=True):
             return
-        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v.detach()).all()}
+        bad = {k: float(v.detach()) for k, v in terms.items() if not torch.isfinite(v.detach()).all()}
         ckpt_dir = getattr(self.trainer.checkpoint_callback, "dirpath", None)
         raise FloatingPointError(
             f"GAN diverged: non-finite loss in phase '{phase.name}' at iteration {self.iteration} "
