@@ -122,3 +122,25 @@ def test_fid_randconv_ranks_sets_and_inception_needs_a_file(tmp_path: Path) -> N
         create_fid("inception", inception_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="unknown FID feature extractor"):
         create_fid("vgg")
+
+
+def test_table1_from_run_folders(tmp_path: Path) -> None:
+    from boneage.analysis.bapgan_table1 import main, table1
+
+    def run(exp: str, version: int, rows: list[dict]) -> None:
+        folder = tmp_path / exp / f"version_{version}"
+        folder.mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+
+    run("bapgan_femur", 0, [{"step": 3, "train/recon_l2": 0.2}, {"step": 3, "test/fid_randconv": 50.0}])
+    run("bapgan_femur", 1, [{"step": 9, "test/fid_randconv": 40.0}])      # newest wins
+    run("bapgan_femur", 2, [{"step": 9, "train/recon_l2": 0.1}])         # no test yet: skipped
+    run("bapgan_caae_femur", 0, [{"step": 3, "test/fid_randconv": 70.0}])
+    table = table1(tmp_path).set_index("experiment")
+    assert table.loc["bapgan_femur", "FID"] == 40.0 and table.loc["bapgan_caae_femur", "FID"] == 70.0
+    assert np.isnan(table.loc["bapgan_phalange", "FID"])
+    assert table.loc["bapgan_caae_sa_femur", "SA"] and not table.loc["bapgan_caae_sa_femur", "D_age"]
+    assert main(["--logs", str(tmp_path), "--out", str(tmp_path / "t1.csv")]) == 0
+    run("bapgan_caae_sa_femur", 0, [{"step": 3, "test/fid_inception": 120.0}])
+    with pytest.raises(ValueError, match="different FID feature extractors"):
+        table1(tmp_path)
