@@ -13,6 +13,9 @@ put different names in one column.
   image resized to 128x128, global average and standard deviation pooling, 512 features).
   Random-feature Frechet distances rank image sets by low-level statistics (texture, edges,
   contrast) and need no downloaded weights; they are not comparable to published FIDs.
+- ``"auto"`` (the YAMLs' choice): ``"inception"`` when the ``inception_weights`` file exists,
+  otherwise ``"randconv"`` with a warning naming the missing file; the metric name records
+  which one ran.
 - ``"torchscript:<path>"``: any domain feature extractor saved with ``torch.jit.save`` whose
   forward maps ``[B, 3, H, W]`` floats in [0, 1] to ``[B, F]`` (e.g. a bone-age regressor's
   pooled backbone features).
@@ -20,6 +23,7 @@ put different names in one column.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -73,8 +77,17 @@ def create_fid(feature_extractor: str = "randconv",
                inception_weights: str | None = None) -> FrechetInceptionDistance:
     """A FrechetInceptionDistance taking ``[B, 3, H, W]`` floats in [0, 1] (see ``to_fid_input``).
 
-    ``feature_extractor="inception"`` requires ``inception_weights`` (a local file).
+    ``feature_extractor="inception"`` requires ``inception_weights`` (a local file); ``"auto"``
+    falls back to ``"randconv"`` without it.
     """
+    if feature_extractor == "auto":
+        if inception_weights and Path(inception_weights).is_file():
+            feature_extractor = "inception"
+        else:
+            warnings.warn(f"FID: Inception weights {inception_weights!r} not found, using the documented "
+                          f"random-conv extractor (metric 'fid_randconv', not comparable to Inception FIDs). "
+                          f"{INCEPTION_HELP}", stacklevel=2)
+            feature_extractor = "randconv"
     name = fid_name(feature_extractor)
     if feature_extractor == "inception":
         if not inception_weights:

@@ -91,7 +91,7 @@ class BAPGANSystem(pl.LightningModule):
                  betas: tuple[float, float] = (0.5, 0.999),
                  gradient_clip_val: float | None = None,
                  age_group_years: float = 4.0,      # [0-3] [4-7] [8-11] [12-15] [16-19]
-                 fid_feature_extractor: str = "randconv",   # "inception" needs inception_weights
+                 fid_feature_extractor: str = "auto",   # inception if the weights file exists
                  inception_weights: str | None = None,
                  n_grid: int = 8) -> None:          # test images in the progression grid
         super().__init__()
