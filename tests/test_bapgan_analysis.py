@@ -138,6 +138,11 @@ def test_table1_from_run_folders(tmp_path: Path) -> None:
     run("bapgan_caae_femur", 0, [{"step": 3, "test/fid_randconv": 70.0}])
     table = table1(tmp_path).set_index("experiment")
     assert table.loc["bapgan_femur", "FID"] == 40.0 and table.loc["bapgan_caae_femur", "FID"] == 70.0
+    assert table.loc["bapgan_femur", "scope"] == "test split"
+    summary = tmp_path / "bapgan_femur" / "bapgan_eval" / "fid.json"   # whole-data FID wins
+    summary.parent.mkdir()
+    summary.write_text('{"metric": "fid_randconv", "value": 33.0, "scope": "all splits"}')
+    assert table1(tmp_path).set_index("experiment").loc["bapgan_femur", "FID"] == 33.0
     assert np.isnan(table.loc["bapgan_phalange", "FID"])
     assert table.loc["bapgan_caae_sa_femur", "SA"] and not table.loc["bapgan_caae_sa_femur", "D_age"]
     assert main(["--logs", str(tmp_path), "--out", str(tmp_path / "t1.csv")]) == 0

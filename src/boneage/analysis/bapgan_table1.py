@@ -1,8 +1,10 @@
 """Table 1 of the BAPGAN paper (FID of the four ablation rows per data set) from finished runs.
 
-Reads, for every experiment ``bapgan_<row>_<dataset>``, the newest
-``lightning_logs/<exp>/version_*/metrics.csv`` holding a ``test/fid_*`` value (written by
-``boneage test`` or ``make bapgan-eval``), and prints/writes the table. FIDs made with
+Reads, for every experiment ``bapgan_<row>_<dataset>``, the whole-data-set FID written by
+``python -m boneage.analysis.bapgan_eval fid`` (``lightning_logs/<exp>/bapgan_eval/fid.json``,
+the paper's protocol), or else the newest ``lightning_logs/<exp>/version_*/metrics.csv``
+holding a ``test/fid_*`` value (``boneage test``: test split only; the ``scope`` column says
+which), and prints/writes the table. FIDs made with
 different feature extractors are never put in one column: a table mixing them raises.
 
     python -m boneage.analysis.bapgan_table1 [--logs lightning_logs] [--out table1.csv]
@@ -11,6 +13,7 @@ different feature extractors are never put in one column: a table mixing them ra
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -30,8 +33,13 @@ PAPER_FID = {   # the paper's Table 1, for side-by-side reading
 }
 
 
-def latest_fid(logs: Path, experiment: str) -> tuple[str, float, str] | None:
-    """(metric name, value, metrics.csv path) of the newest run of ``experiment`` with a test FID."""
+def latest_fid(logs: Path, experiment: str) -> tuple[str, float, str, str] | None:
+    """(metric name, value, scope, source file) of ``experiment``'s FID, or None."""
+    summary = logs / experiment / "bapgan_eval" / "fid.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        return data["metric"], float(data["value"]), data.get("scope", "all splits"), str(summary)
+
     def version(path: Path) -> int:
         tail = path.parent.name.split("_")[-1]
         return int(tail) if tail.isdigit() else -1
@@ -43,7 +51,7 @@ def latest_fid(logs: Path, experiment: str) -> tuple[str, float, str] | None:
         for col in cols:
             values = table[col].dropna()
             if len(values):
-                return col.removeprefix("test/"), float(values.iloc[-1]), str(path)
+                return col.removeprefix("test/"), float(values.iloc[-1]), "test split", str(path)
     return None
 
 
@@ -57,8 +65,8 @@ def table1(logs: str | Path = "lightning_logs") -> pd.DataFrame:
             found = latest_fid(logs, exp)
             rows.append({"dataset": dataset, "model": label, "D_age": d_age, "LS": ls, "SA": sa,
                          "experiment": exp, "metric": found[0] if found else None,
-                         "FID": found[1] if found else float("nan"),
-                         "paper FID": PAPER_FID[(dataset, label)], "source": found[2] if found else ""})
+                         "FID": found[1] if found else float("nan"), "scope": found[2] if found else "",
+                         "paper FID": PAPER_FID[(dataset, label)], "source": found[3] if found else ""})
     table = pd.DataFrame(rows)
     metrics = set(table["metric"].dropna())
     if len(metrics) > 1:
