@@ -73,6 +73,26 @@ def fid_name(feature_extractor: str = "randconv") -> str:
                      "inception_weights), 'randconv' or 'torchscript:<path>'")
 
 
+def resolve_extractor(feature_extractor: str, inception_weights: str | None = None) -> str:
+    """``"auto"`` -> ``"inception"`` when the weights file exists, else ``"randconv"`` (warned);
+    ``"inception"`` without its file raises FileNotFoundError; other names pass through."""
+    if feature_extractor == "auto":
+        if inception_weights and Path(inception_weights).is_file():
+            return "inception"
+        warnings.warn(f"FID: Inception weights {inception_weights!r} not found, using the documented "
+                      f"random-conv extractor (metric 'fid_randconv', not comparable to Inception FIDs). "
+                      f"{INCEPTION_HELP}", stacklevel=2)
+        return "randconv"
+    if feature_extractor == "inception":
+        if not inception_weights:
+            raise ValueError("feature_extractor='inception' needs inception_weights (a local file). "
+                             + INCEPTION_HELP)
+        if not Path(inception_weights).is_file():
+            raise FileNotFoundError(f"FID Inception weights not found: {inception_weights}. {INCEPTION_HELP}")
+    fid_name(feature_extractor)   # validates the name
+    return feature_extractor
+
+
 def create_fid(feature_extractor: str = "randconv",
                inception_weights: str | None = None) -> FrechetInceptionDistance:
     """A FrechetInceptionDistance taking ``[B, 3, H, W]`` floats in [0, 1] (see ``to_fid_input``).
@@ -80,21 +100,9 @@ def create_fid(feature_extractor: str = "randconv",
     ``feature_extractor="inception"`` requires ``inception_weights`` (a local file); ``"auto"``
     falls back to ``"randconv"`` without it.
     """
-    if feature_extractor == "auto":
-        if inception_weights and Path(inception_weights).is_file():
-            feature_extractor = "inception"
-        else:
-            warnings.warn(f"FID: Inception weights {inception_weights!r} not found, using the documented "
-                          f"random-conv extractor (metric 'fid_randconv', not comparable to Inception FIDs). "
-                          f"{INCEPTION_HELP}", stacklevel=2)
-            feature_extractor = "randconv"
+    feature_extractor = resolve_extractor(feature_extractor, inception_weights)
     name = fid_name(feature_extractor)
     if feature_extractor == "inception":
-        if not inception_weights:
-            raise ValueError("feature_extractor='inception' needs inception_weights (a local file). "
-                             + INCEPTION_HELP)
-        if not Path(inception_weights).is_file():
-            raise FileNotFoundError(f"FID Inception weights not found: {inception_weights}. {INCEPTION_HELP}")
         metric = FrechetInceptionDistance(feature=2048, normalize=True, antialias=False,
                                           feature_extractor_weights_path=str(inception_weights))
     elif feature_extractor == "randconv":

@@ -49,8 +49,9 @@ import pytorch_lightning as pl
 import torch
 import torchmetrics
 from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 
-from boneage.metrics.fid import create_fid, to_fid_input
+from boneage.metrics.fid import create_fid, fid_name, resolve_extractor, to_fid_input
 from boneage.models.bapgan import BAPGAN, sample_prior
 from boneage.systems.gan_losses import (
     age_to_group,
@@ -99,8 +100,9 @@ class BAPGANSystem(pl.LightningModule):
         self.automatic_optimization = False
         self.network = network
         self.n_groups = network.n_groups
-        self.fid = create_fid(fid_feature_extractor, inception_weights)
-        self.fid_name = self.fid.name
+        # resolved now, so a missing Inception file or a bad name fails before training starts
+        self.fid_name = fid_name(resolve_extractor(fid_feature_extractor, inception_weights))
+        self._fid: FrechetInceptionDistance | None = None
         self.recon = nn.ModuleDict({s: torchmetrics.MeanMetric() for s in ("val", "test")})
         self.age_acc = nn.ModuleDict({s: torchmetrics.classification.MulticlassAccuracy(self.n_groups)
                                       for s in ("val", "test")})
@@ -196,6 +198,17 @@ class BAPGANSystem(pl.LightningModule):
             f"model.gradient_clip_val, then resume with --ckpt_path last.")
 
     # ------------------------------------------------------------------ evaluation
+    @property
+    def fid(self) -> FrechetInceptionDistance:
+        """The FID metric, built on first use and kept out of the module tree, so the feature
+        extractor's weights (24M for Inception) stay out of every checkpoint."""
+        if self._fid is None:
+            metric = create_fid(self.hparams.fid_feature_extractor, self.hparams.inception_weights)
+            object.__setattr__(self, "_fid", metric)
+        if self._fid.device != self.device:
+            self._fid.to(self.device)
+        return self._fid
+
     def _eval_step(self, batch: dict, stage: str) -> None:
         x = batch["image"]
         labels = self.labels(batch["age"]).to(x.dtype)
