@@ -100,8 +100,12 @@ def _test_batch(dm, n: int, seed: int = 0, groups_wanted: tuple[int, ...] | None
     return (torch.stack([b["image"] for b in items]), torch.stack([b["age"] for b in items]))
 
 
+def _extra(args: argparse.Namespace) -> list[str]:
+    return [a for c in args.extra_config for a in ("--config", str(c))]
+
+
 def cmd_fid(args: argparse.Namespace) -> None:
-    system, dm, ckpt, exp_dir = load_experiment(args.config, args.ckpt, args.runs_dir)
+    system, dm, ckpt, exp_dir = load_experiment(args.config, args.ckpt, args.runs_dir, _extra(args))
     name, value, n = whole_dataset_fid(system, dm)
     out = exp_dir / "bapgan_eval" / "fid.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +116,7 @@ def cmd_fid(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    system, dm, _, exp_dir = load_experiment(args.config, args.ckpt, args.runs_dir)
+    system, dm, _, exp_dir = load_experiment(args.config, args.ckpt, args.runs_dir, _extra(args))
     out = exp_dir / "bapgan_eval"
     x, age = _test_batch(dm, args.n, args.seed)
     groups = age_to_group(age, system.hparams.age_group_years, system.n_groups)
@@ -137,7 +141,7 @@ def cmd_tsne(args: argparse.Namespace) -> None:
     sets, groups_of = {}, {}
     real_x = None
     for name, cfg in configs.items():
-        system, dm, _, _ = load_experiment(cfg, args.ckpt, args.runs_dir)
+        system, dm, _, _ = load_experiment(cfg, args.ckpt, args.runs_dir, _extra(args))
         if real_x is None:
             full = ConcatDataset([_plain(dm, s) for s in SPLITS])
             ages = np.concatenate([_plain(dm, s).age.numpy() for s in SPLITS])
@@ -163,7 +167,7 @@ def cmd_tsne(args: argparse.Namespace) -> None:
 
 
 def cmd_vtt(args: argparse.Namespace) -> None:
-    system, dm, ckpt, exp_dir = load_experiment(args.config, args.ckpt, args.runs_dir)
+    system, dm, ckpt, exp_dir = load_experiment(args.config, args.ckpt, args.runs_dir, _extra(args))
     n_groups, ls = system.n_groups, system.hparams.label_smoothing
     x, age = _test_batch(dm, args.n_real * 2, args.seed)
     if len(x) < 2:
@@ -200,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--ckpt", default="best", help="best, last or a checkpoint path")
         p.add_argument("--runs_dir", default="lightning_logs")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--extra_config", action="append", default=[], type=Path,
+                       help="more YAML layered over the experiment's (e.g. the scale it was trained at)")
 
     common(p := sub.add_parser("fid", help="whole-data-set FID (Table 1 protocol)"))
     p.set_defaults(fn=cmd_fid)
