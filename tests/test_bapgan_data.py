@@ -8,8 +8,8 @@ import albumentations as A
 import numpy as np
 import pandas as pd
 import pytest
-from data_modules.base import DataError
 
+from data_modules.base import DataError
 from data_modules.bones import BoneCropDataModule, FemurDataModule, PhalangeDataModule
 
 

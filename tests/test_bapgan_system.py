@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from boneage.models.bapgan import create_bapgan
 from boneage.phantoms.bones import render
 from boneage.systems.bapgan import BAPGANSystem
+from data_modules.bones import FemurDataModule
 
 SIZE = 32
 
@@ -26,17 +26,14 @@ def loader(tmp_path_factory: pytest.TempPathFactory) -> torch.utils.data.DataLoa
 
 
 def _tiny_loader(root: str | Path) -> torch.utils.data.DataLoader:
-    """A tiny femur phantom at 32x32 as dict batches (image in [-1, 1], age in years)."""
+    """A tiny femur phantom through the real DataModule (paper augmentation) at 32x32, batch 16."""
     root = Path(root)
-    table = pd.read_csv(render(root, n=64, seed=0, bone="femur", size=48, progress=False))
-    items = []
-    for i, row in table.iterrows():
-        img = np.asarray(Image.open(root / row.image).convert("L").resize((SIZE, SIZE)), np.float32)
-        items.append({"image": torch.from_numpy(img / 127.5 - 1.0)[None],
-                      "age": torch.tensor(row.age_years, dtype=torch.float32),
-                      "sex": torch.tensor(float(row.sex == "M")), "index": torch.tensor(i)})
-    return torch.utils.data.DataLoader(items, batch_size=16, shuffle=True,
-                                       generator=torch.Generator().manual_seed(0))
+    csv = root / "labels.csv"
+    if not csv.is_file():
+        render(root, n=64, seed=0, bone="femur", size=48, progress=False)
+    dm = FemurDataModule(csv_path=str(csv), image_size=(32, 32), batch_size=16, num_workers=0)
+    dm.setup("fit")
+    return dm.train_dataloader()
 
 
 def _trainer(iterations: int, **kw) -> pl.Trainer:
@@ -109,7 +106,7 @@ class _Poison(Callback):
     """Makes the reconstruction weight infinite from the third iteration on."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == 2:
+        if pl_module.iteration == 2:
             pl_module.hparams.lambda_recon = math.inf
 
 

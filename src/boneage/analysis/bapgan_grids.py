@@ -51,8 +51,7 @@ def eight_year_pairs(network: torch.nn.Module, images: torch.Tensor, groups: tor
     return pairs
 
 
-def save_progression_grid(images: torch.Tensor, renders: torch.Tensor, groups: torch.Tensor,
-                          path: str | Path, title: str = "") -> Path:
+def progression_figure(images: torch.Tensor, renders: torch.Tensor, groups: torch.Tensor, title: str = ""):
     """Real image + renders at all groups per row; the own-group reconstruction framed in red."""
     import matplotlib
     matplotlib.use("Agg")
@@ -80,6 +79,15 @@ def save_progression_grid(images: torch.Tensor, renders: torch.Tensor, groups: t
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def save_progression_grid(images: torch.Tensor, renders: torch.Tensor, groups: torch.Tensor,
+                          path: str | Path, title: str = "") -> Path:
+    """``progression_figure`` written to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = progression_figure(images, renders, groups, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -196,7 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--n", type=int, default=300, help="number of images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--label-noise-sigma", type=float, default=0.25, help="label noise (years)")
+    parser.add_argument("--sigma", "--label-noise-sigma", dest="label_noise_sigma", type=float, default=0.25,
+                        help="label noise sigma in years")
     parser.add_argument("--age-distribution", choices=("uniform", "paper"), default="uniform",
                         help="'paper': the age-group imbalance of the paper's data set for --bone")
     parser.add_argument("--size", type=int, default=160, help="crop side in pixels (varies +-10%%)")

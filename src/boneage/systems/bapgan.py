@@ -43,7 +43,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -53,6 +52,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from boneage.metrics.fid import create_fid, fid_name, resolve_extractor, to_fid_input
 from boneage.models.bapgan import BAPGAN, sample_prior
+from boneage.systems.base import save_figure
 from boneage.systems.gan_losses import (
     age_to_group,
     d_adversarial_bce,
@@ -106,6 +106,7 @@ class BAPGANSystem(pl.LightningModule):
         self.recon = nn.ModuleDict({s: torchmetrics.MeanMetric() for s in ("val", "test")})
         self.age_acc = nn.ModuleDict({s: torchmetrics.classification.MulticlassAccuracy(self.n_groups)
                                       for s in ("val", "test")})
+        self.val_recon_best = torchmetrics.MinMetric()
         self._grid_done = False
 
     # ------------------------------------------------------------------ phases
@@ -229,6 +230,14 @@ class BAPGANSystem(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    def on_train_start(self) -> None:
+        self.val_recon_best.reset()   # sanity-check batches must not count
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking and self.recon["val"].update_called:
+            self.val_recon_best.update(self.recon["val"].compute())
+            self.log("val/recon_l2_best", self.val_recon_best.compute())
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
@@ -247,25 +256,12 @@ class BAPGANSystem(pl.LightningModule):
         return {"index": batch["index"], "renders": renders}
 
     def _save_grid(self, batch: dict) -> None:
-        from boneage.analysis.bapgan_grids import render_all_ages, save_progression_grid
+        from boneage.analysis.bapgan_grids import progression_figure, render_all_ages
 
         self._grid_done = True
-        if self.trainer is None or not self.trainer.is_global_zero:
-            return
-        folder = _figures_dir(self.trainer)
-        if folder is None:
-            return
         x = batch["image"][: self.hparams.n_grid]
         groups = age_to_group(batch["age"][: len(x)].float(), self.hparams.age_group_years, self.n_groups)
         renders = render_all_ages(self.network, x, self.n_groups, self.hparams.label_smoothing)
-        save_progression_grid(x, renders, groups, folder / "progression_grid.png",
-                              title="real | renders at each age group (red: age-invariant reconstruction)")
-
-
-def _figures_dir(trainer: pl.Trainer) -> Path | None:
-    try:
-        from boneage.systems.base import figures_dir
-    except ImportError:   # before the foundation's base module exists
-        root = getattr(trainer, "log_dir", None)
-        return Path(root) / "figures" if root else None
-    return figures_dir(trainer)
+        fig = progression_figure(x, renders, groups,
+                                 title="real | renders at each age group (red: age-invariant reconstruction)")
+        save_figure(self.trainer, fig, "progression_grid")
