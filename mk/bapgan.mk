@@ -5,8 +5,8 @@
 # make bapgan-table1              Table 1 from finished runs
 # make bapgan-figures EXP=bapgan_femur    progression grid + 8-year pairs of one experiment
 # make bapgan-tsne DATASET=femur  Fig. 5 (real vs CAAE vs BAPGAN)
-# make bapgan-vtt EXP=bapgan_femur        visual Turing test export into vtt/<EXP>/
-# make bapgan-vtt-score EXP=bapgan_femur READERS="A=vtt/bapgan_femur/A B=vtt/bapgan_femur/B"
+# make bapgan-vtt EXP=bapgan_femur        visual Turing test export into lightning_logs/<EXP>/vtt/
+# make bapgan-vtt-score EXP=bapgan_femur READERS="A=DIR_A B=DIR_B"
 BAPGAN_EXPS := $(foreach d,femur phalange,bapgan_caae_$(d) bapgan_caae_age_ls_$(d) bapgan_caae_sa_$(d) bapgan_$(d))
 DATASET ?= femur
 READERS ?=
@@ -37,8 +37,8 @@ bapgan-tsne: install
 	$(PY) -m boneage.analysis.bapgan_eval tsne --dataset $(DATASET) --ckpt $(CKPT)
 
 bapgan-vtt: install check-exp
-	$(PY) -m boneage.analysis.bapgan_eval vtt --config experiments/$(EXP).yaml --ckpt $(CKPT) --out vtt/$(EXP)
+	$(PY) -m boneage.analysis.bapgan_eval vtt --config experiments/$(EXP).yaml --ckpt $(CKPT) --out lightning_logs/$(EXP)/vtt
 
 bapgan-vtt-score: install check-exp
-	$(PY) -m boneage.analysis.bapgan_vtt score --key vtt/$(EXP)/answer_key --label $(EXP) \
-	  $(foreach r,$(READERS),--reader $(r)) --out vtt/$(EXP)/scores
+	$(PY) -m boneage.analysis.bapgan_vtt score --key lightning_logs/$(EXP)/vtt/answer_key --label $(EXP) \
+	  $(foreach r,$(READERS),--reader $(r)) --out lightning_logs/$(EXP)/vtt/scores
