@@ -190,6 +190,8 @@ class HierarchicalVGG(nn.Module):
         if not 0 <= freeze_blocks <= n_blocks:
             raise ValueError(f"freeze_blocks must be in 0..{n_blocks}, got {freeze_blocks}")
         img_h, img_w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if pretrained_path is not None and not Path(pretrained_path).is_file():  # fail before building
+            raise FileNotFoundError(f"pretrained weights not found: {pretrained_path}. {PRETRAINED_HINT}")
 
         # Features with torchvision's layer indices (conv, bn, relu per conv; pool per block),
         # so a torchvision vgg16_bn state_dict loads key for key.
