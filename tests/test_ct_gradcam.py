@@ -9,7 +9,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from boneage.analysis.gradcam import grad_cam, overlay
+from boneage.analysis.gradcam import grad_cam, overlay, save_overlay_grid
 from boneage.models.hierarchical_vgg import hierarchical_vgg16_bn
 
 
@@ -93,3 +93,13 @@ def test_overlay_is_rgb_uint8_with_heat_where_the_map_is_high():
     rgb = overlay(img, cam)
     assert rgb.shape == (8, 4, 3) and rgb.dtype == np.uint8
     assert rgb[:4, :, 0].mean() > rgb[4:, :, 0].mean()  # jet: high = red
+
+
+def test_overlay_grid_figure_is_written(tmp_path):
+    net = _tiny_vgg()
+    images = torch.randn(3, 1, 64, 64)
+    cams = grad_cam(net, net.features[42], images)
+    path = save_overlay_grid(images, cams, tmp_path / "figs" / "gradcam.png", titles=["a", "b", "c"], ncols=2)
+    assert path.is_file() and path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="same"):
+        save_overlay_grid(images, cams[:, :10], tmp_path / "x.png")

@@ -16,13 +16,14 @@ Used by the whole-body CT paper (Fig. 5 overlays) and by the scintigraphy ROI pa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["grad_cam", "overlay", "resolve_layer"]
+__all__ = ["grad_cam", "overlay", "resolve_layer", "save_overlay_grid"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -127,3 +128,43 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, cmap: str = 
     heat = matplotlib.colormaps[cmap](np.clip(cam, 0.0, 1.0))[..., :3]
     rgb = (1.0 - alpha) * img[..., None] + alpha * heat
     return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_overlay_grid(images: np.ndarray | torch.Tensor, cams: np.ndarray | torch.Tensor, path: str | Path,
+                      titles: Sequence[str] | None = None, ncols: int = 8, alpha: float = 0.5) -> Path:
+    """Save image / Grad-CAM overlay pairs side by side (whole-body CT paper, Fig. 5).
+
+    ``images`` and ``cams`` are [B, H, W] (or [B, 1, H, W] images); each sample becomes two
+    panels, the image and its overlay, with an optional title (e.g. true and predicted age).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imgs = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    maps = cams.detach().cpu().numpy() if isinstance(cams, torch.Tensor) else np.asarray(cams)
+    if imgs.ndim == 4:
+        imgs = imgs[:, 0]
+    if imgs.shape != maps.shape:
+        raise ValueError(f"images {imgs.shape} and maps {maps.shape} must have the same [B, H, W] shape")
+    n = len(imgs)
+    cols = min(ncols, n)
+    rows = -(-n // cols)
+    h, w = imgs.shape[1:]
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * 1.6 * w / h + 0.5, rows * 1.8),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, cols)
+        axes[r, 2 * c].imshow(imgs[i], cmap="gray")
+        axes[r, 2 * c + 1].imshow(overlay(imgs[i], maps[i], alpha=alpha))
+        if titles is not None:
+            axes[r, 2 * c].set_title(titles[i], fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
