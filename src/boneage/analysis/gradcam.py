@@ -168,3 +168,67 @@ def save_overlay_grid(images: np.ndarray | torch.Tensor, cams: np.ndarray | torc
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _lightning_callback_base() -> type:
+    import pytorch_lightning as pl
+
+    return pl.Callback
+
+
+class GradCAMOverlays(_lightning_callback_base()):
+    """Trainer callback: Grad-CAM overlays of the first test images (whole-body CT paper, Fig. 5).
+
+    Works with any system whose ``network`` attribute is the regression network and whose
+    batches carry ``image``, ``age`` and ``sex``; writes ``figures/gradcam.png`` (and the maps as
+    ``gradcam.npz``) into the run directory. Add it under ``trainer.callbacks`` in a YAML.
+
+    Args:
+        target_layer: dotted name of the layer inside ``network`` (VGG16-BN: "features.42",
+            the last ReLU of block 5).
+        n_images: how many test images to show.
+        ncols: image/overlay pairs per row.
+    """
+
+    def __init__(self, target_layer: str = "features.42", n_images: int = 8, ncols: int = 8) -> None:
+        super().__init__()
+        self.target_layer = target_layer
+        self.n_images = n_images
+        self.ncols = ncols
+        self._images: list[torch.Tensor] = []
+        self._sex: list[torch.Tensor] = []
+        self._age: list[torch.Tensor] = []
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._images, self._sex, self._age = [], [], []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        have = sum(len(x) for x in self._images)
+        if have < self.n_images:
+            k = self.n_images - have
+            self._images.append(batch["image"][:k].detach().cpu().clone())
+            self._sex.append(batch["sex"][:k].detach().cpu().clone())
+            self._age.append(batch["age"][:k].detach().cpu().clone())
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        from boneage.systems.base import figures_dir
+
+        if not self._images or not trainer.is_global_zero:
+            return
+        network = pl_module.network
+        was_training = network.training
+        network.eval()
+        with torch.inference_mode(False), torch.enable_grad():
+            images = torch.cat(self._images).to(pl_module.device).clone()
+            sex = torch.cat(self._sex).to(pl_module.device).clone()
+            cams = grad_cam(lambda x: network(x, sex), resolve_layer(network, self.target_layer), images)
+            with torch.no_grad():
+                pred = pl_module(images, sex).float().cpu()
+        network.train(was_training)
+        age = torch.cat(self._age).float()
+        units = getattr(pl_module, "age_units", "")
+        titles = [f"age {a:.1f} / pred {p:.1f} {units}".strip() for a, p in zip(age.tolist(), pred.tolist())]
+        out = figures_dir(trainer)
+        save_overlay_grid(images.cpu(), cams.cpu(), out / "gradcam.png", titles=titles, ncols=self.ncols)
+        np.savez_compressed(out / "gradcam.npz", cams=cams.cpu().numpy(), age=age.numpy(), pred=pred.numpy())
+        self._images, self._sex, self._age = [], [], []

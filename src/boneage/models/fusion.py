@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["EarlyFusion", "LateFusion", "freeze_parameters"]
+__all__ = ["EarlyFusion", "FineTunedBackbone", "LateFusion", "freeze_parameters"]
 
 
 def freeze_parameters(module: nn.Module, prefixes: Sequence[str]) -> int:
@@ -54,6 +54,15 @@ def freeze_parameters(module: nn.Module, prefixes: Sequence[str]) -> int:
     return count
 
 
+def _feature_width(backbone: nn.Module) -> int:
+    """Width of a backbone's pooled output: timm models with pre-logits layers (VGG's fc6/fc7 as
+    ConvMlp) report it as ``head_hidden_size``, their ``num_features`` being the conv width."""
+    width = getattr(backbone, "head_hidden_size", None) or getattr(backbone, "num_features", None)
+    if not isinstance(width, int):
+        raise TypeError(f"backbone {type(backbone).__name__} has no integer num_features")
+    return width
+
+
 class EarlyFusion(nn.Module):
     """Pooled features of several backbones, concatenated, into one regressor (Table 2).
 
@@ -68,7 +77,8 @@ class EarlyFusion(nn.Module):
         hidden: hidden FC widths of the regressor (ReLU + dropout after each).
         dropout: dropout on the concatenated features and after each hidden layer.
         in_chans: image channels.
-        backbone_kwargs: extra keyword arguments for every named backbone.
+        backbone_kwargs: extra keyword arguments per named backbone (one dict each; e.g. timm VGG's
+            ``mlp_ratio`` shrinks its fc6/fc7 for tests).
     """
 
     def __init__(
@@ -79,7 +89,7 @@ class EarlyFusion(nn.Module):
         hidden: Sequence[int] = (),
         dropout: float = 0.5,
         in_chans: int = 1,
-        backbone_kwargs: dict | None = None,
+        backbone_kwargs: Sequence[dict] | None = None,
     ) -> None:
         super().__init__()
         if not backbones:
@@ -87,28 +97,26 @@ class EarlyFusion(nn.Module):
         n = len(backbones)
         pretrained_paths = list(pretrained_paths) if pretrained_paths is not None else [None] * n
         freeze = [list(f) for f in freeze] if freeze is not None else [[] for _ in range(n)]
-        if len(pretrained_paths) != n or len(freeze) != n:
-            raise ValueError(f"pretrained_paths ({len(pretrained_paths)}) and freeze ({len(freeze)}) need "
-                             f"one entry per backbone ({n})")
+        kwargs = [dict(k or {}) for k in backbone_kwargs] if backbone_kwargs is not None else [{}] * n
+        if len(pretrained_paths) != n or len(freeze) != n or len(kwargs) != n:
+            raise ValueError(f"pretrained_paths ({len(pretrained_paths)}), freeze ({len(freeze)}) and "
+                             f"backbone_kwargs ({len(kwargs)}) need one entry per backbone ({n})")
         members: list[nn.Module] = []
-        for spec, path in zip(backbones, pretrained_paths):
+        for spec, path, kw in zip(backbones, pretrained_paths, kwargs):
             if isinstance(spec, nn.Module):
                 members.append(spec)
             else:
                 from boneage.models.backbones import create_backbone
 
-                members.append(create_backbone(spec, in_chans=in_chans, pretrained_path=path,
-                                               **(backbone_kwargs or {})))
-        for m in members:
-            if not isinstance(getattr(m, "num_features", None), int):
-                raise TypeError(f"backbone {type(m).__name__} has no integer num_features")
+                members.append(create_backbone(spec, in_chans=in_chans, pretrained_path=path, **kw))
+        widths = [_feature_width(m) for m in members]
         self.backbones = nn.ModuleList(members)
         self._frozen_prefixes = [[] for _ in range(n)]
         for i, (prefixes, path) in enumerate(zip(freeze, pretrained_paths)):
             if path is not None and prefixes:
                 freeze_parameters(self.backbones[i], prefixes)
                 self._frozen_prefixes[i] = list(prefixes)
-        self.num_features = sum(m.num_features for m in members)
+        self.num_features = sum(widths)
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         width = self.num_features
         for units in hidden:
@@ -149,3 +157,24 @@ class LateFusion(nn.Module):
     def forward(self, image: torch.Tensor, sex: torch.Tensor | None = None) -> torch.Tensor:
         preds = [m(image, sex).reshape(image.shape[0]) for m in self.members]
         return torch.stack(preds, dim=0).mean(dim=0)
+
+
+class FineTunedBackbone(EarlyFusion):
+    """One backbone with its classifier replaced by a single linear unit (Table 2 baselines).
+
+    The paper's fine-tuned GoogLeNet and ResNet: ImageNet weights from ``pretrained_path``,
+    early layers (parameter-name prefixes ``freeze``) kept frozen, one linear output.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        pretrained_path: str | None = None,
+        freeze: Sequence[str] = (),
+        dropout: float = 0.0,
+        in_chans: int = 1,
+        backbone_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__(backbones=[backbone], pretrained_paths=[pretrained_path], freeze=[list(freeze)],
+                         hidden=(), dropout=dropout, in_chans=in_chans,
+                         backbone_kwargs=[backbone_kwargs or {}])
