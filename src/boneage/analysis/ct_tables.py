@@ -40,8 +40,8 @@ __all__ = [
 ]
 
 # Column names accepted in predictions.csv, first match wins.
-PRED_COLUMNS = ("pred_age", "prediction", "pred", "predicted_age", "age_pred", "y_pred")
-TARGET_COLUMNS = ("age", "target", "true_age", "age_years", "y_true")
+PRED_COLUMNS = ("pred_years", "pred_months", "pred_age", "prediction", "pred", "predicted_age", "age_pred", "y_pred")
+TARGET_COLUMNS = ("true_years", "true_months", "age", "target", "true_age", "age_years", "y_true")
 SEX_COLUMNS = ("sex", "male")
 KEY_COLUMNS = ("index", "path", "image")
 
@@ -240,7 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(hits) != 1:
                 raise SystemExit(f"--late member {m!r} matches {hits or 'no'} --model names {list(models)}")
             members.append(hits[0])
-        models[args.late_name] = late_fusion([models[n] for n in members])
+        fused = late_fusion([models[n] for n in members])
+        names = list(models)
+        anchor = max([names.index(n) for n in members] + [i for i, n in enumerate(names) if "early" in n.lower()])
+        names.insert(anchor + 1, args.late_name)  # paper order: members, early fusion, late fusion, ours
+        models = {n: (fused if n == args.late_name else models[n]) for n in names}
     if args.table1:
         a, b = args.table1.split(",")
         tables["table1"] = mae_table({a: models[a], b: models[b]}, floor)
