@@ -236,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.late:
         members = []
         for m in args.late.split(","):
-            hits = [n for n in models if n == m or f"({m})" in n]
+            # a member is named exactly, or by the one "(X)" its name ends with ("Fine-tuned VGGNet (A)")
+            hits = [n for n in models if n == m or (n.endswith(f"({m})") and n.count("(") == 1)]
             if len(hits) != 1:
                 raise SystemExit(f"--late member {m!r} matches {hits or 'no'} --model names {list(models)}")
             members.append(hits[0])
