@@ -1,0 +1,303 @@
+"""Latent-space age analysis of a trained PGGAN (paper 001, Figs. 7 and 8).
+
+Steps (each a function; ``boneage.analysis.latent_cli`` runs them as commands):
+
+- ``fit_lasso``: LASSO of the regressor's predicted age on the latent vectors, penalty by
+  10-fold cross-validation (scikit-learn ``LassoCV``), absolute error mean +- sd on training
+  and held-out latents, and the scatter figure (Fig. 8a).
+- ``nearest_neighbours`` / ``neighbour_age_sd``: training images nearest to generated ones by
+  pixel distance and by the regressor's penultimate features; the sample standard deviation
+  of the neighbours' true ages per method (Fig. 7; paper: 21.4 months by pixels, 10.2 by features).
+- ``aging_walk`` / ``interpolate_latents`` / ``write_gif`` / ``loess``: from a latent predicted
+  at 3-4 years, repeatedly step to the nearest latent predicted about 2 years older, render the
+  interpolated frames and plot predicted age per frame with a smoothed trend (Fig. 8b).
+- ``age_direction`` / ``move_to_age``: beyond the paper, the LASSO coefficients as an
+  age-control direction; moving a latent along it to a target predicted age.
+
+Paper is silent on: the held-out fraction (chose 20 %), interpolation (chose linear: the
+generator pixel-normalises its latent, so the image path equals the normalised one), the age
+tolerance of a walk step (chose +-6 months), the smoother (LOESS: local linear with tricube
+weights, written here because statsmodels is not a dependency), and how to pick the start
+latent among those predicted at 3-4 years (chose the one whose prediction is nearest 42 months).
+Ages are in the label units (RSNA: months); ``units_per_year`` converts the paper's years.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LassoCV
+from sklearn.model_selection import train_test_split
+
+# ----------------------------------------------------------------------------- LASSO
+
+
+@dataclass
+class LassoResult:
+    """A fitted LASSO of predicted age on latents, with its train / held-out errors."""
+
+    alpha: float  # penalty chosen by cross-validation
+    coef: np.ndarray  # [D] coefficients (age units per latent unit)
+    intercept: float
+    train_index: np.ndarray
+    test_index: np.ndarray
+    train_pred: np.ndarray
+    test_pred: np.ndarray
+    train_true: np.ndarray
+    test_true: np.ndarray
+    summary: dict = field(default_factory=dict)
+
+    def predict(self, latents: np.ndarray) -> np.ndarray:
+        return np.asarray(latents) @ self.coef + self.intercept
+
+
+def fit_lasso(latents: np.ndarray, ages: np.ndarray, test_size: float = 0.2, cv: int = 10,
+              seed: int = 0, n_alphas: int = 50) -> LassoResult:
+    """LASSO ``age ~ latents`` with the penalty minimising ``cv``-fold CV error (paper: 10)."""
+    latents, ages = np.asarray(latents, dtype=np.float64), np.asarray(ages, dtype=np.float64)
+    if latents.ndim != 2 or len(latents) != len(ages):
+        raise ValueError(f"latents must be [N, D] and ages [N], got {latents.shape} and {ages.shape}")
+    if len(ages) < 2 * cv:
+        raise ValueError(f"LASSO with {cv}-fold CV needs at least {2 * cv} samples, got {len(ages)}")
+    idx = np.arange(len(ages))
+    tr, te = train_test_split(idx, test_size=test_size, random_state=seed)
+    model = LassoCV(cv=cv, alphas=n_alphas, random_state=seed, max_iter=10000)
+    model.fit(latents[tr], ages[tr])
+    ptr, pte = model.predict(latents[tr]), model.predict(latents[te])
+    etr, ete = np.abs(ptr - ages[tr]), np.abs(pte - ages[te])
+    summary = {
+        "alpha": float(model.alpha_),
+        "n_train": int(len(tr)),
+        "n_test": int(len(te)),
+        "nonzero_coefficients": int(np.count_nonzero(model.coef_)),
+        "train_abs_error_mean": float(etr.mean()),
+        "train_abs_error_sd": float(etr.std(ddof=1)),
+        "test_abs_error_mean": float(ete.mean()),
+        "test_abs_error_sd": float(ete.std(ddof=1)),
+        "test_r2": float(model.score(latents[te], ages[te])),
+    }
+    return LassoResult(float(model.alpha_), model.coef_.copy(), float(model.intercept_), tr, te,
+                       ptr, pte, ages[tr], ages[te], summary)
+
+
+def lasso_figure(result: LassoResult, path: str | Path, units: str = "months") -> Path:
+    """Fig. 8a: LASSO prediction vs the regressor's predicted age, train and held-out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result.summary
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharex=True, sharey=True)
+    for ax, true, pred, name, key in [
+        (axes[0], result.train_true, result.train_pred, "training latents", "train"),
+        (axes[1], result.test_true, result.test_pred, "held-out latents", "test"),
+    ]:
+        ax.scatter(true, pred, s=4, alpha=0.4)
+        lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "r--", lw=1)
+        ax.set_title(f"{name}: |error| {s[key + '_abs_error_mean']:.1f} +- {s[key + '_abs_error_sd']:.1f}")
+        ax.set_xlabel(f"regressor-predicted age ({units})")
+    axes[0].set_ylabel(f"LASSO-predicted age ({units})")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- nearest neighbours
+
+
+@torch.no_grad()
+def nearest_neighbours(queries: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray,
+                       k: int = 5, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Indices [Q, k] and Euclidean distances [Q, k] of each query's k nearest reference rows.
+
+    Inputs are flattened per row (images compare by pixels, feature vectors by features).
+    """
+    q = torch.as_tensor(np.asarray(queries)).flatten(1).double()
+    r = torch.as_tensor(np.asarray(reference)).flatten(1).double()
+    if q.shape[1] != r.shape[1]:
+        raise ValueError(f"queries have {q.shape[1]} values per row, reference {r.shape[1]}")
+    k = min(k, len(r))
+    idx, dist = [], []
+    for s in range(0, len(q), chunk):
+        d = torch.cdist(q[s: s + chunk], r)
+        val, ind = d.topk(k, dim=1, largest=False)
+        idx.append(ind)
+        dist.append(val)
+    return torch.cat(idx).numpy(), torch.cat(dist).numpy()
+
+
+def neighbour_age_sd(indices: np.ndarray, ages: np.ndarray) -> np.ndarray:
+    """Sample standard deviation (ddof 1) of the neighbours' true ages, per query."""
+    return np.asarray(ages, dtype=np.float64)[np.asarray(indices)].std(axis=1, ddof=1)
+
+
+def neighbours_figure(generated: np.ndarray, reference: np.ndarray, by_pixels: np.ndarray,
+                      by_features: np.ndarray, ref_ages: np.ndarray, path: str | Path,
+                      units: str = "months") -> Path:
+    """Fig. 7: a generated image and its nearest training images by pixels (row a) and features (b)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = by_pixels.shape[1]
+    fig, axes = plt.subplots(2, k + 1, figsize=(1.8 * (k + 1), 4.0))
+    for row, (idx, name) in enumerate([(by_pixels[0], "pixels"), (by_features[0], "features")]):
+        axes[row, 0].imshow(np.asarray(generated[0]).squeeze(), cmap="gray", vmin=-1, vmax=1)
+        axes[row, 0].set_title(f"generated\n(NN by {name})", fontsize=8)
+        for j, i in enumerate(idx):
+            axes[row, j + 1].imshow(np.asarray(reference[i]).squeeze(), cmap="gray", vmin=-1, vmax=1)
+            axes[row, j + 1].set_title(f"{ref_ages[i]:.0f} {units}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- aging walk
+
+
+def aging_walk(latents: np.ndarray, ages: np.ndarray, start_range: tuple[float, float] = (36.0, 48.0),
+               step: float = 24.0, tolerance: float = 6.0, max_steps: int = 10) -> list[int]:
+    """Indices of a latent path that ages: start predicted in ``start_range``, then repeatedly
+    the nearest (latent L2) unvisited latent predicted ``step +- tolerance`` older (paper: start
+    3-4 years, 2-year gaps). Stops when no candidate is left or after ``max_steps`` steps."""
+    z, a = np.asarray(latents, dtype=np.float64), np.asarray(ages, dtype=np.float64)
+    lo, hi = start_range
+    starts = np.flatnonzero((a >= lo) & (a <= hi))
+    if len(starts) == 0:
+        raise ValueError(f"no latent has a predicted age in {start_range}; predicted ages span "
+                         f"{a.min():.1f}..{a.max():.1f}: generate more images or change start_range")
+    path = [int(starts[np.argmin(np.abs(a[starts] - (lo + hi) / 2))])]
+    visited = set(path)
+    for _ in range(max_steps):
+        target = a[path[-1]] + step
+        cand = np.flatnonzero(np.abs(a - target) <= tolerance)
+        cand = np.array([c for c in cand if c not in visited], dtype=int)
+        if len(cand) == 0:
+            break
+        nxt = int(cand[np.argmin(np.linalg.norm(z[cand] - z[path[-1]], axis=1))])
+        path.append(nxt)
+        visited.add(nxt)
+    return path
+
+
+def interpolate_latents(keys: np.ndarray, frames_per_step: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation through key latents [K, D]: frames [F, D] and the key frames' positions."""
+    keys = np.asarray(keys, dtype=np.float64)
+    if len(keys) < 2:
+        return keys.copy(), np.arange(len(keys))
+    t = np.linspace(0.0, 1.0, frames_per_step, endpoint=False)[:, None]
+    frames = [keys[i] * (1 - t) + keys[i + 1] * t for i in range(len(keys) - 1)]
+    frames.append(keys[-1:])
+    return np.concatenate(frames), np.arange(len(keys)) * frames_per_step
+
+
+def loess(x: np.ndarray, y: np.ndarray, frac: float = 0.3) -> np.ndarray:
+    """Local linear regression with tricube weights over the nearest ``frac`` of points (LOESS)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n = len(x)
+    r = max(2, int(np.ceil(frac * n)))
+    out = np.empty(n)
+    for i in range(n):
+        d = np.abs(x - x[i])
+        h = np.sort(d)[min(r, n) - 1] or 1.0
+        w = np.clip(1 - (d / h) ** 3, 0, None) ** 3
+        sw = w.sum()
+        mx, my = (w * x).sum() / sw, (w * y).sum() / sw
+        var = (w * (x - mx) ** 2).sum()
+        slope = (w * (x - mx) * (y - my)).sum() / var if var > 0 else 0.0
+        out[i] = my + slope * (x[i] - mx)
+    return out
+
+
+def to_uint8(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1], [N, 1, H, W] or [N, H, W], to uint8 [N, H, W]."""
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim == 4:
+        x = x[:, 0]
+    return np.clip((x + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_gif(frames: np.ndarray, path: str | Path, fps: float = 12.0,
+              captions: list[str] | None = None) -> Path:
+    """Animated GIF of uint8 frames [F, H, W] (PIL), with optional per-frame captions."""
+    from PIL import Image, ImageDraw
+
+    imgs = []
+    for i, f in enumerate(np.asarray(frames)):
+        im = Image.fromarray(f).convert("L")
+        if captions:
+            ImageDraw.Draw(im).text((2, 2), captions[i], fill=255)
+        imgs.append(im)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
+def walk_figure(frame_ages: np.ndarray, key_positions: np.ndarray, path: str | Path,
+                units: str = "months", frac: float = 0.3) -> Path:
+    """Fig. 8b: predicted age per frame (black), key latents (red), LOESS trend (blue)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(frame_ages))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.scatter(x, frame_ages, s=8, c="k", label="frame")
+    ax.scatter(key_positions, np.asarray(frame_ages)[key_positions], s=30, c="r", label="key latent")
+    ax.plot(x, loess(x, frame_ages, frac), "b-", label="LOESS trend")
+    ax.set_xlabel("frame")
+    ax.set_ylabel(f"predicted age ({units})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- age control
+
+
+def age_direction(coef: np.ndarray) -> np.ndarray:
+    """Unit latent direction of increasing predicted age (the normalised LASSO coefficients)."""
+    coef = np.asarray(coef, dtype=np.float64)
+    norm = np.linalg.norm(coef)
+    if norm == 0:
+        raise ValueError("LASSO kept no coefficient: no age direction "
+                         "(try more latents or a smaller penalty)")
+    return coef / norm
+
+
+def move_to_age(latents: np.ndarray, coef: np.ndarray, intercept: float,
+                target: float | np.ndarray) -> np.ndarray:
+    """Shift latents along the coefficient direction so the LASSO predicts ``target``:
+    ``z + (target - (z . w + b)) / |w|^2 * w`` (the smallest move that does)."""
+    z = np.asarray(latents, dtype=np.float64)
+    w = np.asarray(coef, dtype=np.float64)
+    gap = np.asarray(target, dtype=np.float64) - (z @ w + intercept)
+    return z + np.multiply.outer(gap, w) / (w @ w)
+
+
+def control_summary(target: np.ndarray, achieved: np.ndarray) -> dict[str, float]:
+    """How well the regressor's predicted age follows the target: MAE, bias, Pearson r, slope."""
+    t, a = np.asarray(target, dtype=np.float64), np.asarray(achieved, dtype=np.float64)
+    slope = float(np.polyfit(t, a, 1)[0]) if np.ptp(t) > 0 else float("nan")
+    r = float(np.corrcoef(t, a)[0, 1]) if np.ptp(t) > 0 and np.ptp(a) > 0 else float("nan")
+    return {"mae": float(np.abs(a - t).mean()), "bias": float((a - t).mean()), "pearson_r": r, "slope": slope}
