@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import BasePredictionWriter
 from sklearn.linear_model import LassoCV
 from sklearn.model_selection import train_test_split
 
@@ -301,3 +304,198 @@ def control_summary(target: np.ndarray, achieved: np.ndarray) -> dict[str, float
     slope = float(np.polyfit(t, a, 1)[0]) if np.ptp(t) > 0 else float("nan")
     r = float(np.corrcoef(t, a)[0, 1]) if np.ptp(t) > 0 and np.ptp(a) > 0 else float("nan")
     return {"mae": float(np.abs(a - t).mean()), "bias": float((a - t).mean()), "pearson_r": r, "slope": slope}
+
+
+# ----------------------------------------------------------------------------- loading trained models
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_configs(configs: list[str | Path]) -> dict:
+    """Experiment YAML(s) merged in order (later files override earlier keys)."""
+    import yaml
+
+    cfg: dict = {}
+    for path in configs:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        cfg = _merge(cfg, yaml.safe_load(path.read_text()) or {})
+    return cfg
+
+
+def instantiate(spec, skip: tuple[str, ...] = ("optimizer", "scheduler")):
+    """Build ``{class_path, init_args}`` specs recursively (LightningCLI's YAML form)."""
+    import importlib
+
+    if isinstance(spec, dict) and "class_path" in spec:
+        module, _, name = spec["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        args = {k: instantiate(v, skip) for k, v in (spec.get("init_args") or {}).items() if k not in skip}
+        return cls(**args)
+    if isinstance(spec, dict):
+        return {k: instantiate(v, skip) for k, v in spec.items()}
+    if isinstance(spec, list):
+        return [instantiate(v, skip) for v in spec]
+    return spec
+
+
+def _load_state(checkpoint: str | Path) -> dict:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; train the experiment first "
+                                "(make train EXP=...) and give lightning_logs/<exp>/checkpoints/last.ckpt")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_regressor(checkpoint: str | Path, configs: list[str | Path]):
+    """The trained age regressor (an AgeRegressor) rebuilt from its experiment YAML(s), in eval mode."""
+    cfg = read_configs(configs)
+    if "model" not in cfg:
+        raise KeyError(f"no 'model' section in {configs}: pass the regressor's experiment YAML")
+    system = instantiate(cfg["model"])
+    system.load_state_dict(_load_state(checkpoint)["state_dict"])
+    return system.eval().requires_grad_(False)
+
+
+def load_datamodule(configs: list[str | Path]):
+    """The DataModule of an experiment YAML, set up (splits and caches ready)."""
+    cfg = read_configs(configs)
+    if "data" not in cfg:
+        raise KeyError(f"no 'data' section in {configs}")
+    dm = instantiate(cfg["data"])
+    dm.setup("fit")
+    return dm
+
+
+def load_generator(checkpoint: str | Path, configs: list[str | Path]) -> tuple[torch.nn.Module, int]:
+    """The EMA generator of a PGGAN checkpoint and its final level."""
+    cfg = read_configs(configs)
+    gen = instantiate(cfg["model"]["init_args"]["generator"])
+    state = _load_state(checkpoint)["state_dict"]
+    ema = {k[len("generator_ema."):]: v for k, v in state.items() if k.startswith("generator_ema.")}
+    if not ema:
+        raise KeyError(f"{checkpoint} holds no 'generator_ema.*' weights: it is not a PGGAN checkpoint")
+    gen.load_state_dict(ema)
+    return gen.eval().requires_grad_(False), gen.max_level
+
+
+def _regressor_input(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    mode = "area" if images.shape[-1] > size[-1] else "bilinear"
+    return F.interpolate(images.float(), size=tuple(size), mode=mode)
+
+
+@torch.no_grad()
+def predict_age(system, images: torch.Tensor, size: tuple[int, int], features: bool = False):
+    """Predicted age (label units) of images in [-1, 1]; with ``features`` also penultimate features."""
+    x = _regressor_input(images, size)
+    net = system.network
+    sex = torch.full((len(x),), 0.5, device=x.device) if getattr(net, "use_sex", False) else None
+    age = system(x, sex).float()
+    if not features:
+        return age
+    feats = net.forward_features(x, sex) if hasattr(net, "forward_features") else None
+    return age, feats.float()
+
+
+# ----------------------------------------------------------------------------- generation (Lightning predict)
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def latent_for(indices: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
+    """Latent of each sample index: N(0, I) from a generator seeded by (seed, index), so any
+    sharding over devices and batches gives the same latent for the same index."""
+    out = torch.empty(len(indices), dim)
+    for j, i in enumerate(indices.tolist()):
+        out[j] = torch.randn(dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
+    return out
+
+
+class LatentAgeSampler(pl.LightningModule):
+    """Generates images from indexed latents and predicts their age (``trainer.predict``)."""
+
+    def __init__(self, generator: torch.nn.Module, regressor, regressor_size: tuple[int, int], seed: int = 0,
+                 thumb_size: int = 64, features: bool = True) -> None:
+        super().__init__()
+        self.generator = generator
+        self.regressor = regressor
+        self.regressor_size = tuple(regressor_size)
+        self.seed = seed
+        self.thumb_size = thumb_size
+        self.features = features
+
+    def predict_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        z = latent_for(batch.cpu(), self.generator.latent_dim, self.seed).to(self.device)
+        images = self.generator(z).float().clamp(-1, 1)
+        out = predict_age(self.regressor, images, self.regressor_size, self.features)
+        age, feats = out if self.features else (out, None)
+        small = images.shape[-1] > self.thumb_size
+        thumbs = F.adaptive_avg_pool2d(images, self.thumb_size) if small else images
+        res = {"index": batch.cpu(), "latent": z.cpu(), "age": age.cpu(),
+               "thumb": torch.from_numpy(to_uint8(thumbs.cpu()))}
+        if feats is not None:
+            res["features"] = feats.cpu()
+        return res
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes every predicted batch as ``shard_r<rank>_b<batch>.npz`` (shard by shard)."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir = Path(out_dir)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx=0) -> None:
+        path = self.out_dir / f"shard_r{trainer.global_rank}_b{batch_idx:06d}.npz"
+        np.savez(path, **{k: v.numpy() for k, v in prediction.items()})
+
+
+def generate(generator: torch.nn.Module, regressor, regressor_size: tuple[int, int], n: int,
+             out_dir: str | Path, batch_size: int = 64, seed: int = 0, thumb_size: int = 64,
+             features: bool = True, accelerator: str = "auto", devices: int | str = "auto",
+             progress: bool = True) -> Path:
+    """Generate ``n`` images through Lightning's predict (several GPUs with ``devices``); write
+    latents, predicted ages, penultimate features and thumbnails shard by shard into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("shard_*.npz"):
+        old.unlink()
+    module = LatentAgeSampler(generator, regressor, regressor_size, seed, thumb_size, features)
+    loader = torch.utils.data.DataLoader(_Indices(n), batch_size=batch_size, shuffle=False)
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, logger=False,
+                         callbacks=[ShardWriter(out_dir)], enable_progress_bar=progress,
+                         enable_model_summary=False, inference_mode=True)
+    trainer.predict(module, loader, return_predictions=False)
+    if trainer.is_global_zero:
+        print(f"wrote {n} generated latents with predicted ages in {len(list(out_dir.glob('shard_*.npz')))} "
+              f"shards to {out_dir}")
+    return out_dir
+
+
+def load_shards(out_dir: str | Path) -> dict[str, np.ndarray]:
+    """All shards of ``generate``, sorted by sample index, duplicates (DDP padding) removed."""
+    files = sorted(Path(out_dir).glob("shard_*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no shard_*.npz in {out_dir}: run the generate step first")
+    parts = [dict(np.load(f)) for f in files]
+    data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    _, first = np.unique(data["index"], return_index=True)
+    return {k: v[first] for k, v in data.items()}
