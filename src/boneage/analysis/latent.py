@@ -499,3 +499,303 @@ def load_shards(out_dir: str | Path) -> dict[str, np.ndarray]:
     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     _, first = np.unique(data["index"], return_index=True)
     return {k: v[first] for k, v in data.items()}
+
+
+# ----------------------------------------------------------------------------- analysis steps
+
+
+def _units(dm_or_cfg) -> str:
+    return getattr(dm_or_cfg, "age_units", "months")
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    import json
+
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def step_lasso(shards: str | Path, out: str | Path, cv: int = 10, seed: int = 0,
+               units: str = "months") -> dict:
+    """LASSO of predicted age on latents (Fig. 8a): ``lasso.json``, ``lasso_coef.npz``, ``lasso.png``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_shards(shards)
+    res = fit_lasso(data["latent"], data["age"], cv=cv, seed=seed)
+    np.savez(out / "lasso_coef.npz", coef=res.coef, intercept=res.intercept, alpha=res.alpha)
+    _write_json(out / "lasso.json", res.summary)
+    lasso_figure(res, out / "lasso.png", units)
+    s = res.summary
+    print(f"LASSO on {len(data['age'])} latents: |error| train {s['train_abs_error_mean']:.2f} +- "
+          f"{s['train_abs_error_sd']:.2f}, held-out {s['test_abs_error_mean']:.2f} +- "
+          f"{s['test_abs_error_sd']:.2f} "
+          f"{units}; wrote lasso.json, lasso_coef.npz, lasso.png to {out}")
+    return s
+
+
+@torch.no_grad()
+def _real_set(dm, regressor, regressor_size, thumb_size: int, batch_size: int = 64):
+    """Training images as thumbnails, their true ages and the regressor's penultimate features."""
+    table = dm.table("train")
+    cache = dm._datasets["train"].cache if hasattr(dm, "_datasets") else None
+    arr = np.asarray(cache.array) if cache is not None else None
+    thumbs, feats = [], []
+    for s in range(0, len(table), batch_size):
+        x = torch.from_numpy(arr[s: s + batch_size].astype(np.float32)).unsqueeze(1) / 127.5 - 1.0
+        feats.append(predict_age(regressor, x, regressor_size, True)[1])
+        small = F.adaptive_avg_pool2d(x, thumb_size) if x.shape[-1] > thumb_size else x
+        thumbs.append(to_uint8(small))
+    return np.concatenate(thumbs), table["age"].to_numpy(np.float64), torch.cat(feats).numpy()
+
+
+def step_neighbours(shards: str | Path, regressor_ckpt: str, regressor_configs: list[str], out: str | Path,
+                    k: int = 5, queries: int = 16, thumb_size: int = 64) -> dict:
+    """Nearest training images of generated ones by pixels and by regressor features (Fig. 7)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_shards(shards)
+    if "features" not in data:
+        raise KeyError(f"the shards in {shards} hold no regressor features: run generate with features on")
+    cfg = read_configs(regressor_configs)
+    regressor = load_regressor(regressor_ckpt, regressor_configs)
+    dm = load_datamodule(regressor_configs)
+    size = tuple(cfg["data"]["init_args"].get("image_size", dm.image_size))
+    real_thumbs, real_ages, real_feats = _real_set(dm, regressor, size, thumb_size)
+    q = np.arange(min(queries, len(data["age"])))
+    gen_thumbs = data["thumb"][q]
+    if gen_thumbs.shape[-1] != real_thumbs.shape[-1]:
+        raise ValueError(f"generated thumbnails are {gen_thumbs.shape[-1]} px, real ones "
+                         f"{real_thumbs.shape[-1]} px: "
+                         "use the same thumb_size in generate and neighbours")
+    by_pix, _ = nearest_neighbours(gen_thumbs.astype(np.float64), real_thumbs.astype(np.float64), k)
+    by_feat, _ = nearest_neighbours(data["features"][q], real_feats, k)
+    sd_pix, sd_feat = neighbour_age_sd(by_pix, real_ages), neighbour_age_sd(by_feat, real_ages)
+    units = _units(dm)
+    summary = {"queries": int(len(q)), "k": int(k), "thumb_size": int(thumb_size),
+               "age_sd_by_pixels_mean": float(sd_pix.mean()),
+               "age_sd_by_features_mean": float(sd_feat.mean()),
+               "age_sd_by_pixels_first": float(sd_pix[0]), "age_sd_by_features_first": float(sd_feat[0]),
+               "units": units}
+    _write_json(out / "neighbours.json", summary)
+    to_pm1 = lambda a: a.astype(np.float32) / 127.5 - 1  # noqa: E731
+    neighbours_figure(to_pm1(gen_thumbs), to_pm1(real_thumbs), by_pix, by_feat, real_ages,
+                      out / "neighbours.png", units)
+    print(f"nearest neighbours of {len(q)} generated images among {len(real_ages)} training images: "
+          f"sd of the "
+          f"neighbours' true ages {sd_pix.mean():.2f} by pixels, {sd_feat.mean():.2f} by features ({units}); "
+          f"wrote neighbours.json, neighbours.png to {out}")
+    return summary
+
+
+@torch.no_grad()
+def _render_ages(generator, regressor, size, latents: np.ndarray, batch_size: int = 32):
+    imgs, ages = [], []
+    for s in range(0, len(latents), batch_size):
+        z = torch.as_tensor(latents[s: s + batch_size], dtype=torch.float32)
+        x = generator(z).float().clamp(-1, 1)
+        ages.append(predict_age(regressor, x, size).numpy())
+        imgs.append(x.numpy())
+    return np.concatenate(imgs), np.concatenate(ages)
+
+
+def step_walk(shards: str | Path, gan_ckpt: str, gan_configs: list[str], regressor_ckpt: str,
+              regressor_configs: list[str], out: str | Path, start_years: tuple[float, float] = (3.0, 4.0),
+              step_years: float = 2.0, tolerance_years: float = 0.5, frames_per_step: int = 12,
+              max_steps: int = 8) -> dict:
+    """Latent aging walk (Video 1 / Fig. 8b): ``walk.gif``, ``walk.png``, ``walk.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_shards(shards)
+    cfg = read_configs(regressor_configs)
+    units = "months" if "rsna" in cfg["data"]["class_path"].lower() else "years"
+    per_year = 12.0 if units == "months" else 1.0
+    size = tuple(cfg["data"]["init_args"].get("image_size", [256, 256]))
+    path = aging_walk(data["latent"], data["age"], (start_years[0] * per_year, start_years[1] * per_year),
+                      step_years * per_year, tolerance_years * per_year, max_steps)
+    frames, keys = interpolate_latents(data["latent"][path], frames_per_step)
+    generator, _ = load_generator(gan_ckpt, gan_configs)
+    regressor = load_regressor(regressor_ckpt, regressor_configs)
+    imgs, ages = _render_ages(generator, regressor, size, frames)
+    captions = [f"{a / per_year:.1f} y" for a in ages]
+    write_gif(to_uint8(imgs), out / "walk.gif", captions=captions)
+    walk_figure(ages, keys, out / "walk.png", units)
+    trend = loess(np.arange(len(ages)), ages)
+    summary = {"key_indices": [int(i) for i in path],
+               "key_ages_shards": [float(a) for a in data["age"][path]],
+               "frames": int(len(frames)), "first_age": float(ages[0]), "last_age": float(ages[-1]),
+               "trend_rise": float(trend[-1] - trend[0]),
+               "spearman_frame_vs_age": float(_spearman(np.arange(len(ages)), ages)), "units": units}
+    _write_json(out / "walk.json", summary)
+    print(f"aging walk through {len(path)} key latents ({len(frames)} frames): predicted age "
+          f"{ages[0]:.1f} -> {ages[-1]:.1f} {units}; wrote walk.gif, walk.png, walk.json to {out}")
+    return summary
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic) if np.ptp(y) > 0 else float("nan")
+
+
+def step_control(shards: str | Path, lasso_dir: str | Path, gan_ckpt: str, gan_configs: list[str],
+                 regressor_ckpt: str, regressor_configs: list[str], out: str | Path, n: int = 16,
+                 targets: list[float] | None = None, seed: int = 0) -> dict:
+    """Move latents along the LASSO direction to target ages; how well the regressor follows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    coef_file = Path(lasso_dir) / "lasso_coef.npz"
+    if not coef_file.is_file():
+        raise FileNotFoundError(f"{coef_file} not found: run the lasso step first")
+    lasso = np.load(coef_file)
+    data = load_shards(shards)
+    cfg = read_configs(regressor_configs)
+    size = tuple(cfg["data"]["init_args"].get("image_size", [256, 256]))
+    ages = data["age"]
+    if targets is None:
+        targets = list(np.linspace(np.percentile(ages, 5), np.percentile(ages, 95), 5))
+    rng = np.random.default_rng(seed)
+    z0 = data["latent"][rng.choice(len(ages), size=min(n, len(ages)), replace=False)]
+    t = np.repeat(np.asarray(targets, dtype=np.float64), len(z0))
+    moved = move_to_age(np.tile(z0, (len(targets), 1)), lasso["coef"], float(lasso["intercept"]), t)
+    generator, _ = load_generator(gan_ckpt, gan_configs)
+    regressor = load_regressor(regressor_ckpt, regressor_configs)
+    _, achieved = _render_ages(generator, regressor, size, moved)
+    _, before = _render_ages(generator, regressor, size, z0)
+    summary = control_summary(t, achieved)
+    summary.update({"targets": [float(x) for x in targets], "latents": int(len(z0)),
+                    "mae_before_moving": float(np.abs(np.tile(before, len(targets)) - t).mean())})
+    _write_json(out / "control.json", summary)
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.scatter(t, achieved, s=10, alpha=0.6)
+    ax.plot([t.min(), t.max()], [t.min(), t.max()], "r--", lw=1)
+    ax.set(xlabel="target age (LASSO)", ylabel="regressor-predicted age",
+           title=f"age control: MAE {summary['mae']:.1f}, r {summary['pearson_r']:.2f}")
+    fig.tight_layout()
+    fig.savefig(out / "control.png", dpi=120)
+    plt.close(fig)
+    print(f"age control on {len(z0)} latents x {len(targets)} targets: regressor MAE to target "
+          f"{summary['mae']:.2f} "
+          f"(before moving {summary['mae_before_moving']:.2f}), r {summary['pearson_r']:.3f}; "
+          f"wrote control.json, control.png to {out}")
+    return summary
+
+
+@torch.no_grad()
+def step_regressor_errors(regressor_ckpt: str, regressor_configs: list[str], out: str | Path,
+                          batch_size: int = 32) -> dict:
+    """MAE on training and test data and MAE by true age in years (paper Fig. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    regressor = load_regressor(regressor_ckpt, regressor_configs)
+    dm = load_datamodule(regressor_configs)
+    units = _units(dm)
+    per_year = 12.0 if units == "months" else 1.0
+    rows, summary = [], {"units": units}
+    for split in ("train", "test"):
+        ds = dm._datasets[split]
+        ds_aug, ds.augment = ds.augment, None  # in-bag error without augmentation
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+        preds, trues = [], []
+        for batch in loader:
+            sex = batch["sex"] if getattr(regressor.network, "use_sex", False) else None
+            preds.append(regressor(batch["image"], sex).float().numpy())
+            trues.append(batch["age"].numpy())
+        ds.augment = ds_aug
+        p, t = np.concatenate(preds), np.concatenate(trues)
+        err = np.abs(p - t)
+        summary[f"{split}_mae"] = float(err.mean())
+        summary[f"{split}_median_ae"] = float(np.median(err))
+        year = np.floor(t / per_year).astype(int)
+        rows.append(pd.DataFrame({"split": split, "year": year, "abs_error": err}))
+    table = (pd.concat(rows).groupby(["split", "year"])["abs_error"].agg(["count", "mean"]).reset_index()
+             .rename(columns={"mean": "mae"}))
+    table.to_csv(out / "mae_by_year.csv", index=False)
+    _write_json(out / "regressor_errors.json", summary)
+    fig, axes = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+    for ax, split in zip(axes, ("train", "test")):
+        part = table[table["split"] == split]
+        ax.bar(part["year"], part["mae"])
+        ax.set(ylabel=f"MAE ({units})", title=f"{split}: MAE {summary[split + '_mae']:.2f} {units}")
+    axes[-1].set_xlabel("true age (years)")
+    fig.tight_layout()
+    fig.savefig(out / "mae_by_year.png", dpi=120)
+    plt.close(fig)
+    print(f"regressor MAE train {summary['train_mae']:.2f}, test {summary['test_mae']:.2f} {units}; "
+          f"wrote mae_by_year.csv, mae_by_year.png, regressor_errors.json to {out}")
+    return summary
+
+
+ALL_STEPS = ("regressor-errors", "generate", "lasso", "neighbours", "walk", "control")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m boneage.analysis.latent STEP ...``: one command per analysis step, or ``all``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m boneage.analysis.latent", description=__doc__.split("\n")[0])
+    p.add_argument("step", choices=[*ALL_STEPS, "all"])
+    p.add_argument("--gan-ckpt", help="PGGAN checkpoint (lightning_logs/pggan_rsna/checkpoints/last.ckpt)")
+    p.add_argument("--gan-config", nargs="+", default=["experiments/pggan_rsna.yaml"])
+    p.add_argument("--regressor-ckpt",
+                   help="age-regressor checkpoint (in lightning_logs/xception_rsna/checkpoints)")
+    p.add_argument("--regressor-config", nargs="+", default=["experiments/xception_rsna.yaml"])
+    p.add_argument("--out", default="lightning_logs/pggan_rsna/analysis")
+    p.add_argument("--n", type=int, default=200_000, help="generated images (paper: 200,000)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--thumb-size", type=int, default=64, help="pixel size for the pixel-distance neighbours")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--k", type=int, default=5, help="neighbours per generated image")
+    p.add_argument("--queries", type=int, default=16, help="generated images whose neighbours are searched")
+    p.add_argument("--cv", type=int, default=10, help="LASSO cross-validation folds (paper: 10)")
+    p.add_argument("--frames-per-step", type=int, default=12)
+    p.add_argument("--tolerance-years", type=float, default=0.5)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    shards = out / "shards"
+    steps = list(ALL_STEPS) if a.step == "all" else [a.step]
+    need = {"generate": ("gan_ckpt", "regressor_ckpt"), "walk": ("gan_ckpt", "regressor_ckpt"),
+            "control": ("gan_ckpt", "regressor_ckpt"), "neighbours": ("regressor_ckpt",),
+            "regressor-errors": ("regressor_ckpt",)}
+    for step in steps:
+        for key in need.get(step, ()):
+            if not getattr(a, key):
+                p.error(f"step {step} needs --{key.replace('_', '-')}")
+    devices = int(a.devices) if str(a.devices).isdigit() else a.devices
+    for step in steps:
+        if step == "regressor-errors":
+            step_regressor_errors(a.regressor_ckpt, a.regressor_config, out, a.batch_size)
+        elif step == "generate":
+            cfg = read_configs(a.regressor_config)
+            size = tuple(cfg["data"]["init_args"].get("image_size", [256, 256]))
+            generator, _ = load_generator(a.gan_ckpt, a.gan_config)
+            regressor = load_regressor(a.regressor_ckpt, a.regressor_config)
+            generate(generator, regressor, size, a.n, shards, a.batch_size, a.seed, a.thumb_size, True,
+                     a.accelerator, devices, not a.no_progress)
+        elif step == "lasso":
+            step_lasso(shards, out, a.cv, a.seed)
+        elif step == "neighbours":
+            step_neighbours(shards, a.regressor_ckpt, a.regressor_config, out, a.k, a.queries, a.thumb_size)
+        elif step == "walk":
+            step_walk(shards, a.gan_ckpt, a.gan_config, a.regressor_ckpt, a.regressor_config, out,
+                      tolerance_years=a.tolerance_years, frames_per_step=a.frames_per_step)
+        elif step == "control":
+            step_control(shards, out, a.gan_ckpt, a.gan_config, a.regressor_ckpt, a.regressor_config, out,
+                         seed=a.seed)
+
+
+if __name__ == "__main__":
+    main()
