@@ -214,7 +214,7 @@ class PGGANSystem(pl.LightningModule):
     def real_at(self, images: Tensor, state: GrowthState) -> Tensor:
         """Data images (final resolution) area-downsampled to the current resolution and faded."""
         h, w = images.shape[-2:]
-        if h != w or h < state.resolution or h % state.resolution:
+        if h != w or h != self.schedule.final_resolution:
             raise ValueError(f"data images are {h}x{w}; the PGGAN needs square images of the final "
                              f"resolution {self.schedule.final_resolution}: set data.init_args.image_size to "
                              f"[{self.schedule.final_resolution}, {self.schedule.final_resolution}]")
