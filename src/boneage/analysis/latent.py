@@ -610,8 +610,16 @@ def step_walk(shards: str | Path, gan_ckpt: str, gan_configs: list[str], regress
     units = "months" if "rsna" in cfg["data"]["class_path"].lower() else "years"
     per_year = 12.0 if units == "months" else 1.0
     size = tuple(cfg["data"]["init_args"].get("image_size", [256, 256]))
-    path = aging_walk(data["latent"], data["age"], (start_years[0] * per_year, start_years[1] * per_year),
-                      step_years * per_year, tolerance_years * per_year, max_steps)
+    start = (start_years[0] * per_year, start_years[1] * per_year)
+    ages_all = data["age"]
+    if not ((ages_all >= start[0]) & (ages_all <= start[1])).any():
+        youngest = float(ages_all.min())
+        print(f"walk: no generated image is predicted at {start_years[0]}-{start_years[1]} years "
+              f"(predictions span {youngest / per_year:.1f}-{ages_all.max() / per_year:.1f} years); "
+              "starting from the youngest")
+        start = (youngest, youngest)
+    path = aging_walk(data["latent"], ages_all, start, step_years * per_year, tolerance_years * per_year,
+                      max_steps)
     frames, keys = interpolate_latents(data["latent"][path], frames_per_step)
     generator, _ = load_generator(gan_ckpt, gan_configs)
     regressor = load_regressor(regressor_ckpt, regressor_configs)
@@ -620,7 +628,7 @@ def step_walk(shards: str | Path, gan_ckpt: str, gan_configs: list[str], regress
     write_gif(to_uint8(imgs), out / "walk.gif", captions=captions)
     walk_figure(ages, keys, out / "walk.png", units)
     trend = loess(np.arange(len(ages)), ages)
-    summary = {"key_indices": [int(i) for i in path],
+    summary = {"start_range": [float(start[0]), float(start[1])], "key_indices": [int(i) for i in path],
                "key_ages_shards": [float(a) for a in data["age"][path]],
                "frames": int(len(frames)), "first_age": float(ages[0]), "last_age": float(ages[-1]),
                "trend_rise": float(trend[-1] - trend[0]),
@@ -761,7 +769,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queries", type=int, default=16, help="generated images whose neighbours are searched")
     p.add_argument("--cv", type=int, default=10, help="LASSO cross-validation folds (paper: 10)")
     p.add_argument("--frames-per-step", type=int, default=12)
-    p.add_argument("--tolerance-years", type=float, default=0.5)
+    p.add_argument("--start-years", type=float, nargs=2, default=[3.0, 4.0], help="walk start (paper: 3-4)")
+    p.add_argument("--step-years", type=float, default=2.0, help="walk age gap (paper: 2 years)")
+    p.add_argument("--tolerance-years", type=float, default=0.5, help="accepted deviation from the gap")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -791,7 +801,7 @@ def main(argv: list[str] | None = None) -> None:
             step_neighbours(shards, a.regressor_ckpt, a.regressor_config, out, a.k, a.queries, a.thumb_size)
         elif step == "walk":
             step_walk(shards, a.gan_ckpt, a.gan_config, a.regressor_ckpt, a.regressor_config, out,
-                      tolerance_years=a.tolerance_years, frames_per_step=a.frames_per_step)
+                      tuple(a.start_years), a.step_years, a.tolerance_years, a.frames_per_step)
         elif step == "control":
             step_control(shards, out, a.gan_ckpt, a.gan_config, a.regressor_ckpt, a.regressor_config, out,
                          seed=a.seed)
