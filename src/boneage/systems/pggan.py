@@ -487,10 +487,11 @@ class PGGANMetrics(pl.Callback):
             feats = InceptionFeatures(self.inception_weights_path, "features")
             logits = InceptionFeatures(self.inception_weights_path, "logits")
         elif self.regressor_checkpoint:
-            from boneage.analysis.latent import load_regressor
+            from boneage.analysis.latent import load_regressor, read_configs
 
             system = load_regressor(self.regressor_checkpoint, self.regressor_configs)
-            predict = _AgeFn(system)
+            data_args = read_configs(self.regressor_configs).get("data", {}).get("init_args", {})
+            predict = _AgeFn(system, tuple(data_args.get("image_size", (299, 299))))
             feats = RegressorFeatures(system.network, predict, "features")
             logits = RegressorFeatures(system.network, predict, "logits")
         else:
@@ -558,13 +559,14 @@ class PGGANMetrics(pl.Callback):
 
 
 class _AgeFn:
-    """Callable image -> predicted age (label units) of an AgeRegressor, sex-free or mean sex."""
+    """Callable images -> predicted age (label units) of an AgeRegressor at its own input size."""
 
-    def __init__(self, system) -> None:
+    def __init__(self, system, image_size: tuple[int, int]) -> None:
         self.system = system.eval()
+        self.image_size = image_size
 
     def __call__(self, images: Tensor) -> Tensor:
-        net = self.system.network
-        use_sex = getattr(net, "use_sex", False)
-        sex = torch.full((len(images),), 0.5, device=images.device) if use_sex else None
-        return self.system(images.to(next(self.system.parameters()).device), sex)
+        from boneage.analysis.latent import predict_age
+
+        self.system.to(images.device)
+        return predict_age(self.system, images, self.image_size)
