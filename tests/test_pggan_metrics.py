@@ -71,3 +71,37 @@ def test_msssim_diversity_detects_mode_collapse():
     diverse = _blobs(32, 32, seed=2)
     collapsed = diverse[:1].repeat(32, 1, 1, 1) + 0.02 * torch.randn(32, 1, 32, 32)
     assert msssim_diversity(collapsed) > msssim_diversity(diverse) + 0.2
+
+
+class _TinyRegressor(torch.nn.Module):
+    """Stand-in age regressor: pooled conv features -> one linear output (age in months)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(),
+                                            torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+        self.out = torch.nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 120 + 60 * self.out(self.features(x)).squeeze(1)
+
+
+def test_domain_fid_and_is_are_labelled_and_behave():
+    from boneage.metrics.gan_metrics import GANImageMetrics, InceptionFeatures, RegressorFeatures
+
+    net = _TinyRegressor()
+    metrics = GANImageMetrics(RegressorFeatures(net, net, "features"), RegressorFeatures(net, net, "logits"),
+                              is_splits=1)
+    real = _blobs(64, 16, seed=3)
+    metrics.update_real(real)
+    metrics.update_fake(real)
+    same = metrics.compute()
+    assert set(same) == {"fid_domain", "is_domain"}  # never mistaken for Inception numbers
+    assert abs(same["fid_domain"]) < 1e-3
+    assert 1.0 <= same["is_domain"] <= 20.0  # 20 one-year age bins
+    metrics.reset()
+    metrics.update_fake(-real)  # inverted images: far in feature space
+    assert metrics.compute()["fid_domain"] > 0.01
+    with pytest.raises(FileNotFoundError, match="Inception weights not found"):
+        InceptionFeatures("/nonexistent/inception_v3.pth")

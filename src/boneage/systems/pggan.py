@@ -397,8 +397,9 @@ class PGGANMetrics(pl.Callback):
         self.seed = seed
         self.history: list[dict[str, float]] = []
         self._last_tick = 0
-        self._real_cache: dict[int, dict[str, float]] = {}
-        self._image_metrics: GANImageMetrics | None = None
+        self._real_cache: dict = {}
+        self._image_metrics: tuple | None = None
+        self._names = ("fid", "is")
         self._note_printed = False
 
     # --- hooks ---------------------------------------------------------------------------
@@ -431,56 +432,110 @@ class PGGANMetrics(pl.Callback):
     # --- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, trainer: pl.Trainer, pl_module) -> dict[str, float]:
+        """One evaluation at the current growth state; streams images chunk by chunk (1024 px safe)."""
         state = pl_module.growth
-        n_max = max(self.counts.values())
-        fake = self._generate(pl_module, n_max, state)
-        real = self._reals(trainer, pl_module, state, n_max)
+        key = (state.resolution, round(state.alpha, 6))
+        if key not in self._real_cache:
+            self._real_cache = {key: self._real_pass(trainer, pl_module, state)}  # one resolution at a time
+        real = self._real_cache[key]
+        g = torch.Generator().manual_seed(self.seed)
+        z = torch.randn(max(self.counts.values()), pl_module.generator.latent_dim, generator=g)
+        chunks = (pl_module(zc.to(pl_module.device), state.level, state.alpha).float().clamp(-1, 1)
+                  for zc in z.split(self.batch_size))
+        values = self._measure(chunks, state.resolution, real)
         row: dict[str, float] = {"kimg": pl_module.images_shown / 1000, "resolution": float(state.resolution),
                                  "alpha": state.alpha}
-        row.update(self._compute(fake, real, prefix=""))
-        row.update({f"{k}_real": v for k, v in self._real_values(real, state).items()})
+        row.update(values)
+        row.update({f"{k}_real": v for k, v in real["reference"].items()})
         self.history.append(row)
         pl_module.log_dict({f"gan/{k}": float(v) for k, v in row.items()}, on_step=True, on_epoch=False,
                            batch_size=1)
         return row
 
-    def _compute(self, fake: Tensor, real: Tensor, prefix: str) -> dict[str, float]:
+    def _measure(self, chunks, size: int, real: dict) -> dict[str, float]:
+        """MS-SSIM / SWD / FID / IS of a stream of image chunks against the real set's statistics."""
+        c = self.counts
+        seen = 0
+        ms_sum, ms_n = 0.0, 0
+        desc: list[list[Tensor]] = []
+        swd = SlicedWassersteinDistance(seed=self.seed)
+        fid, inception_score = real.get("fid"), real.get("is_metric")
+        for x in chunks:
+            n = len(x)
+            if size >= 8 and seen < c["msssim"] and n >= 2:
+                part = x[: min(n, c["msssim"] - seen)]
+                if len(part) >= 2:
+                    ms_sum += msssim_diversity(part, seed=self.seed) * (len(part) // 2)
+                    ms_n += len(part) // 2
+            if size >= 16 and seen < c["swd"]:
+                desc.append([d.cpu() for d in swd.descriptors(x[: c["swd"] - seen])])
+            if fid is not None and seen < c["fid"]:
+                fid.update(x[: c["fid"] - seen], real=False)
+            if inception_score is not None and seen < c["is"]:
+                inception_score.update(x[: c["is"] - seen])
+            seen += n
+            if seen >= max(c.values()):
+                break
         out: dict[str, float] = {}
-        size = fake.shape[-1]
-        if size >= 8 and len(fake) >= 2:
-            out["msssim"] = msssim_diversity(fake[: self.counts["msssim"]], seed=self.seed)
-        if size >= 16:
-            n = min(self.counts["swd"], len(real), len(fake))
-            swd = SlicedWassersteinDistance(seed=self.seed)(real[:n], fake[:n])
-            out.update({f"swd_{k}": v for k, v in swd.items()})
-        metrics = self._fid_is()
-        if metrics is not None:
-            metrics.fid.reset_real_features = True
-            metrics.reset()
-            n = min(self.counts["fid"], len(real), len(fake))
-            for chunk in real[:n].split(self.batch_size):
-                metrics.fid.update(chunk, real=True)
-            for chunk in fake[:n].split(self.batch_size):
-                metrics.fid.update(chunk, real=False)
-            out[metrics.fid_name] = float(metrics.fid.compute())
-            if metrics.inception_score is not None:
-                for chunk in fake[: self.counts["is"]].split(self.batch_size):
-                    metrics.inception_score.update(chunk)
-                out[metrics.is_name] = float(metrics.inception_score.compute()[0])
+        if ms_n:
+            out["msssim"] = ms_sum / ms_n
+        if desc and real.get("swd_desc"):
+            fake_desc = [torch.cat(level) for level in zip(*desc)]
+            ref = real["swd_desc"]
+            n = min(len(ref[0]), len(fake_desc[0]))
+            dist = swd.distance([r[:n] for r in ref], [f[:n] for f in fake_desc], size)
+            out.update({f"swd_{k}": v for k, v in dist.items()})
+        if fid is not None:
+            out[self._names[0]] = float(fid.compute())
+            fid.reset()  # keeps the real features (reset_real_features=False)
+        if inception_score is not None:
+            out[self._names[1]] = float(inception_score.compute()[0])
+            inception_score.reset()
         return out
 
-    def _real_values(self, real: Tensor, state) -> dict[str, float]:
-        """Reference values on real images (cached per resolution once fully faded in)."""
-        key = state.resolution if state.alpha >= 1.0 else -state.resolution
-        if key not in self._real_cache:
-            half = len(real) // 2
-            vals = self._compute(real[half:], real[:half], prefix="")
-            if len(real) >= 2 and real.shape[-1] >= 8:
-                vals["msssim"] = msssim_diversity(real[: self.counts["msssim"]], seed=self.seed)
-            self._real_cache[key] = vals
-        return self._real_cache[key]
+    def _real_pass(self, trainer: pl.Trainer, pl_module, state) -> dict:
+        """Real images at the current resolution: SWD descriptors, FID real statistics and the
+        reference values (the same metrics with one half of the real set standing in for fakes)."""
+        need = max(self.counts.values())
+        chunks, count = [], 0
+        for batch in trainer.datamodule.train_dataloader():
+            imgs = pl_module.real_at(batch["image"].to(pl_module.device), state).float()
+            chunks.append(imgs.cpu())
+            count += len(imgs)
+            if count >= need:
+                break
+        reals = torch.cat(chunks)[:need]
+        dev = pl_module.device
+        stream = lambda t: (c.to(dev) for c in t.split(self.batch_size))  # noqa: E731
+        swd = SlicedWassersteinDistance(seed=self.seed)
+        real: dict = {}
+        half = len(reals) // 2
+        a, b = reals[:half], reals[half:]
+        ref_desc = None
+        if state.resolution >= 16:
+            real["swd_desc"] = [torch.cat(level) for level in
+                                zip(*[[d.cpu() for d in swd.descriptors(c)] for c in stream(reals)])]
+            ref_desc = [d[: half * swd.patches_per_image] for d in real["swd_desc"]]  # first half's patches
+        extractors = self._extractors(pl_module)
+        if extractors is not None:
+            real["fid"], real["is_metric"] = self._new_fid_is(extractors, dev)
+            for c in stream(reals):
+                real["fid"].update(c, real=True)
+        # reference: the second half measured like generated images against the first half
+        ref_fid, ref_is = self._new_fid_is(extractors, dev) if extractors is not None else (None, None)
+        if ref_fid is not None:
+            for c in stream(a):
+                ref_fid.update(c, real=True)
+        ref = {"fid": ref_fid, "is_metric": ref_is, "swd_desc": ref_desc}
+        real["reference"] = self._measure(stream(b), state.resolution, ref)
+        return real
 
-    def _fid_is(self) -> GANImageMetrics | None:
+    def _new_fid_is(self, extractors, device):
+        metrics = GANImageMetrics(*extractors).to(device)
+        return metrics.fid, metrics.inception_score
+
+    def _extractors(self, pl_module):
+        """(features, logits) modules for FID / IS, or None (then FID and IS are skipped)."""
         if self._image_metrics is not None:
             return self._image_metrics
         if self.inception_weights_path:
@@ -500,25 +555,10 @@ class PGGANMetrics(pl.Callback):
                       "weights) or regressor_checkpoint (domain features)")
                 self._note_printed = True
             return None
-        self._image_metrics = GANImageMetrics(feats, logits)
+        probe = GANImageMetrics(feats, logits)
+        self._names = (probe.fid_name, probe.is_name)
+        self._image_metrics = (feats, logits)
         return self._image_metrics
-
-    def _generate(self, pl_module, n: int, state) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed)
-        z = torch.randn(n, pl_module.generator.latent_dim, generator=g)
-        out = [pl_module(zc.to(pl_module.device), state.level, state.alpha).float().clamp(-1, 1).cpu()
-               for zc in z.split(self.batch_size)]
-        return torch.cat(out)
-
-    def _reals(self, trainer: pl.Trainer, pl_module, state, n: int) -> Tensor:
-        out, count = [], 0
-        for batch in trainer.datamodule.train_dataloader():
-            imgs = pl_module.real_at(batch["image"].to(pl_module.device), state).float().cpu()
-            out.append(imgs)
-            count += len(imgs)
-            if count >= n:
-                break
-        return torch.cat(out)[:n]
 
     # --- figure --------------------------------------------------------------------------
     def figure(self, trainer: pl.Trainer) -> Path | None:
