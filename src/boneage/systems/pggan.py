@@ -448,8 +448,8 @@ class PGGANMetrics(pl.Callback):
         row.update(values)
         row.update({f"{k}_real": v for k, v in real["reference"].items()})
         self.history.append(row)
-        pl_module.log_dict({f"gan/{k}": float(v) for k, v in row.items()}, on_step=True, on_epoch=False,
-                           batch_size=1)
+        for logger in trainer.loggers:  # straight to the loggers: also allowed in on_train_end
+            logger.log_metrics({f"gan/{k}": float(v) for k, v in row.items()}, step=trainer.global_step)
         return row
 
     def _measure(self, chunks, size: int, real: dict) -> dict[str, float]:
