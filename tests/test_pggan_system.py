@@ -139,3 +139,18 @@ def test_metrics_callback_logs_values_and_real_reference(phantom, tmp_path):
     assert hist["resolution"].tolist() == [8.0, 16.0]
     assert math.isnan(hist["swd_mean"][0]) and hist["swd_mean"][1] > 0  # SWD needs >= 16 px
     assert list(tmp_path.rglob("gan_metrics.csv")) and list(tmp_path.rglob("gan_metrics.png"))
+
+
+def test_bf16_mixed_grows_with_finite_losses(phantom, tmp_path):
+    system = _system(stabilise_images=8, fade_images=8, total_images=48)
+    losses = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses.append((float(trainer.callback_metrics["train/d_loss"]), module.growth.resolution))
+
+    trainer = _trainer(tmp_path, precision="bf16-mixed", max_epochs=-1, callbacks=[Record()],
+                       enable_checkpointing=False)
+    trainer.fit(system, datamodule=_dm(phantom))
+    assert {r for _, r in losses} == {4, 8, 16}
+    assert all(math.isfinite(d) for d, _ in losses)

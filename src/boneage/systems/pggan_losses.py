@@ -47,7 +47,7 @@ def gradient_penalty(
     if mix is None:
         mix = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
     u = mix.view(-1, *([1] * (real.ndim - 1))).to(real.dtype)
-    x = torch.lerp(real.detach(), fake.detach(), u).requires_grad_(True)
+    x = torch.lerp(real.detach(), fake.detach().to(real.dtype), u).requires_grad_(True)  # bf16 fakes
     scores = critic(x)
     (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
     norms = grad.float().flatten(1).norm(dim=1)
