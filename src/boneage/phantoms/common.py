@@ -94,9 +94,12 @@ def progress(items: Iterable, total: int, desc: str, enabled: bool = True) -> It
     if not enabled:
         yield from items
         return
+    import sys
+
     from tqdm.auto import tqdm
 
-    yield from tqdm(items, total=total, desc=desc, unit="img", leave=False)
+    yield from tqdm(items, total=total, desc=desc, unit="img", leave=False,
+                    mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
 
 # --- small drawing helpers shared by generators (numpy only, fast enough for tests) ---

@@ -1,0 +1,402 @@
+"""The base of every DataModule: a table of images with ages and sexes.
+
+A subclass only says how to read its on-disk format (``read_table``) and how to make a
+small phantom of it (``phantom_args``). This base owns the rest:
+
+- validation of the table (missing columns, non-numeric ages, unknown sexes, missing
+  files) with errors that name the file, row and key;
+- seeded splits (grouped by patient where a ``group`` column exists), or the splits the
+  data set ships (a ``split`` column);
+- a decoded, resized uint8 cache (one ``.npy`` memmap per image size and preprocessing,
+  keyed by the file list), built once with a progress bar, so later epochs and later runs
+  never decode a PNG again;
+- albumentations augmentation named in the YAML;
+- batches as dicts: ``image`` [B, 1, H, W] in [-1, 1], ``age`` [B] in label units,
+  ``sex`` [B] (1 male, 0 female), ``index`` [B] (row of ``table(stage)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from boneage.phantoms.common import read_metadata
+
+STAGES = ("train", "val", "test", "predict")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, row or key and what to do."""
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Decode an 8- or 16-bit image as uint8 grayscale.
+
+    16-bit images are windowed to their own 0.5-99.5 percentile range (scanners use 10-16 of
+    the 16 bits); 8-bit images are kept as they are; colour images are converted to gray.
+    """
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        if not Path(path).is_file():
+            raise DataError(f"image file not found: {path}")
+        raise DataError(f"cannot decode image {path}: the file is not a readable PNG/JPEG/TIFF; "
+                        "replace it or remove its row from the label CSV")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    if img.dtype != np.uint8:
+        lo, hi = np.percentile(img, (0.5, 99.5))
+        img = np.clip((img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0)), 0, 255).astype(np.uint8)
+    return img
+
+
+def resize_gray(img: np.ndarray, size: tuple[int, int], keep_aspect: bool) -> np.ndarray:
+    """Resize to (height, width); with ``keep_aspect`` the image is letterboxed (black pad)."""
+    h, w = size
+    if not keep_aspect:
+        return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    scale = min(h / img.shape[0], w / img.shape[1])
+    nh, nw = max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale))
+    small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    out = np.zeros((h, w), np.uint8)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    out[top:top + nh, left:left + nw] = small
+    return out
+
+
+def build_augment(spec: Sequence[dict[str, Any]] | None) -> A.Compose | None:
+    """albumentations pipeline from YAML: a list like ``[{"HorizontalFlip": {"p": 0.5}}, ...]``.
+
+    Nested pipelines use ``{"OneOf": {"transforms": [...], "p": 0.5}}`` or ``SomeOf``.
+    """
+    if not spec:
+        return None
+    return A.Compose([_transform(item) for item in spec])
+
+
+def _transform(item: dict[str, Any]) -> A.BasicTransform:
+    if not isinstance(item, dict) or len(item) != 1:
+        raise ValueError(f"each augmentation must be a one-key mapping {{Name: {{args}}}}, got {item!r}")
+    (name, kwargs), = item.items()
+    cls = getattr(A, name, None)
+    if cls is None:
+        raise ValueError(f"unknown albumentations transform {name!r} in data.augment; "
+                         "see https://albumentations.ai/docs for the names")
+    kwargs = dict(kwargs or {})
+    if "transforms" in kwargs:
+        kwargs["transforms"] = [_transform(t) for t in kwargs["transforms"]]
+    return cls(**kwargs)
+
+
+class ImageCache:
+    """Decoded, resized uint8 images of one file list, as a memory-mapped ``.npy``."""
+
+    def __init__(self, paths: Sequence[str], size: tuple[int, int], keep_aspect: bool, cache_dir: Path,
+                 crop: str = "full") -> None:
+        self.paths = list(paths)
+        self.size = tuple(size)
+        self.keep_aspect = keep_aspect
+        self.crop = crop
+        key = hashlib.sha1(json.dumps([self.paths, self.size, keep_aspect, crop, 1]).encode()).hexdigest()[:16]
+        self.file = Path(cache_dir) / f"images-{self.size[0]}x{self.size[1]}-{key}.npy"
+        self._array: np.ndarray | None = None
+
+    def preprocess(self, img: np.ndarray) -> np.ndarray:
+        if self.crop == "upper":
+            img = img[: img.shape[0] // 2]
+        elif self.crop == "lower":
+            img = img[img.shape[0] // 2:]
+        return resize_gray(img, self.size, self.keep_aspect)
+
+    def build(self, progress: bool = True) -> None:
+        """Decode and resize every image once; a finished cache is reused as it is."""
+        if self.file.is_file():
+            return
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_suffix(f".tmp{os.getpid()}.npy")
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.size))
+        it = range(len(self.paths))
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, desc=f"caching {len(self.paths)} images at {self.size[0]}x{self.size[1]}",
+                      unit="img", leave=False)
+        for i in it:
+            arr[i] = self.preprocess(read_gray(self.paths[i]))
+        arr.flush()
+        del arr
+        os.replace(tmp, self.file)  # atomic: a killed build never leaves a half cache behind
+        if progress:
+            print(f"cached {len(self.paths)} images in {self.file}")
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:  # opened lazily, once per worker process
+            self._array = np.load(self.file, mmap_mode="r")
+        return self._array
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_array"] = None
+        return state
+
+
+class ImageTableDataset(Dataset):
+    """Rows of a table, images from the cache (or decoded on the fly when there is none)."""
+
+    def __init__(self, table: pd.DataFrame, cache: ImageCache, augment: A.Compose | None,
+                 use_cache: bool = True) -> None:
+        self.age = torch.tensor(table["age"].to_numpy(np.float32))
+        self.sex = torch.tensor(table["sex"].to_numpy(np.float32))
+        self.cache = cache
+        self.augment = augment
+        self.use_cache = use_cache
+
+    def __len__(self) -> int:
+        return len(self.age)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.use_cache:
+            img = np.asarray(self.cache.array[i])
+        else:
+            img = self.cache.preprocess(read_gray(self.cache.paths[i]))
+        if self.augment is not None:
+            img = self.augment(image=img)["image"]
+        image = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0).float().div_(127.5).sub_(1.0)
+        return {"image": image, "age": self.age[i], "sex": self.sex[i], "index": torch.tensor(i)}
+
+
+class ImageTableDataModule(pl.LightningDataModule):
+    """Base DataModule for image tables with ages and sexes.
+
+    Args:
+        image_size: (height, width) the images are resized to and cached at.
+        keep_aspect: letterbox instead of stretching when resizing.
+        batch_size: batch size of every loader.
+        num_workers: loader worker processes (0 loads in the main process).
+        val_fraction: share of the data for validation when the data set ships no split.
+        test_fraction: share of the data for testing when the data set ships no split.
+        seed: seed of the split (independent of the training seed, so splits stay fixed).
+        augment: albumentations transforms for training, e.g. ``[{"HorizontalFlip": {"p": 0.5}}]``.
+        cache_dir: where decoded images are cached; default ``<data root>/.cache``.
+        use_cache: decode on the fly instead (for benchmarking the cold path).
+        predict_dir: a folder of images to predict on; default the test split.
+        pin_memory: page-locked batches for faster host-to-GPU copies.
+    """
+
+    age_units: str = "years"
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (256, 256),
+        keep_aspect: bool = True,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 42,
+        augment: list[dict[str, Any]] | None = None,
+        cache_dir: str | None = None,
+        use_cache: bool = True,
+        predict_dir: str | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ValueError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in "
+                             "[0, 1) and sum to less than 1")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.keep_aspect = keep_aspect
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.augment_spec = augment
+        self.augment = build_augment(augment)  # validates names at construction
+        self.cache_dir = cache_dir
+        self.use_cache = use_cache
+        self.predict_dir = predict_dir
+        self.pin_memory = pin_memory
+        self.crop = "full"
+        self._tables: dict[str, pd.DataFrame] = {}
+        self._datasets: dict[str, ImageTableDataset] = {}
+
+    # --- what a subclass provides -------------------------------------------------------
+    def read_table(self) -> pd.DataFrame:
+        """The whole labelled table: columns ``path`` (absolute), ``age`` (label units),
+        ``sex`` (1 male, 0 female); optional ``split`` (train/val/test), ``group`` (patient),
+        ``id``. Raise :class:`DataError` for bad input."""
+        raise NotImplementedError
+
+    @property
+    def root(self) -> Path:
+        """Data root, where the cache and phantom metadata live."""
+        raise NotImplementedError
+
+    @staticmethod
+    def phantom_args(root: str | Path, n: int = 64, seed: int = 0) -> dict[str, Any]:
+        """Render a small phantom of this format into ``root``; return the init args reading it."""
+        raise NotImplementedError
+
+    # --- shared machinery ---------------------------------------------------------------
+    def phantom_metadata(self) -> dict | None:
+        """``phantom.json`` of the data root (noise floor), or None for real data."""
+        return read_metadata(self.root)
+
+    def prepare_data(self) -> None:
+        # One process builds the caches; the others find them in setup.
+        for table in self._split(self._checked_table()).values():
+            self._cache_for(table).build()
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self._tables:
+            self._tables = self._split(self._checked_table())
+            for name, table in self._tables.items():
+                cache = self._cache_for(table)
+                cache.build()  # no-op when prepare_data (or an earlier run) built it
+                augment = self.augment if name == "train" else None
+                self._datasets[name] = ImageTableDataset(table, cache, augment, self.use_cache)
+        if stage == "predict" and self.predict_dir is not None and "predict" not in self._datasets:
+            table = self._folder_table(Path(self.predict_dir))
+            self._tables["predict"] = table
+            self._datasets["predict"] = ImageTableDataset(table, self._cache_for(table), None, use_cache=False)
+            for name, t in self._tables.items():
+                if name == "predict":
+                    print(f"predicting on {len(t)} images from {self.predict_dir}")
+
+    def table(self, stage: str) -> pd.DataFrame:
+        """The table of a split (``train``, ``val``, ``test``, ``predict``), rows in loader order."""
+        if not self._tables:
+            self.setup()
+        stage = {"fit": "train", "validate": "val"}.get(stage, stage)
+        if stage == "predict" and "predict" not in self._tables:
+            stage = "test"
+        return self._tables[stage]
+
+    def age_stats(self) -> tuple[float, float]:
+        """Mean and standard deviation of the training labels (for target standardisation)."""
+        age = self.table("train")["age"].to_numpy(np.float64)
+        return float(age.mean()), float(max(age.std(), 1e-6))
+
+    def _cache_for(self, table: pd.DataFrame) -> ImageCache:
+        cache_dir = Path(self.cache_dir) if self.cache_dir else self.root / ".cache"
+        return ImageCache(table["path"].tolist(), self.image_size, self.keep_aspect, cache_dir, self.crop)
+
+    def _checked_table(self) -> pd.DataFrame:
+        table = self.read_table().reset_index(drop=True)
+        for key in ("path", "age", "sex"):
+            if key not in table.columns:
+                raise DataError(f"{type(self).__name__}.read_table() returned no '{key}' column")
+        table["age"] = numeric_column(table, "age", f"{type(self).__name__} table")
+        table["sex"] = table["sex"].astype(np.float32)
+        missing = [p for p in table["path"] if not Path(p).is_file()]
+        if missing:
+            listed = "\n  ".join(missing[:10])
+            raise DataError(f"{len(missing)} of {len(table)} images listed in the label table do not exist, e.g.\n"
+                            f"  {listed}\nCheck the image folder argument or remove those rows.")
+        return table
+
+    def _split(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        if "split" in table.columns and table["split"].notna().all():
+            parts = {s: table[table["split"] == s] for s in ("train", "val", "test")}
+            if len(parts["train"]) == 0:
+                raise DataError("the data set's own split has no training rows")
+            if len(parts["val"]) == 0 or len(parts["test"]) == 0:
+                # split the missing share(s) off the training rows, seeded
+                extra = self._seeded_split(parts["train"], self.val_fraction if len(parts["val"]) == 0 else 0,
+                                           self.test_fraction if len(parts["test"]) == 0 else 0)
+                parts = {"train": extra["train"],
+                         "val": parts["val"] if len(parts["val"]) else extra["val"],
+                         "test": parts["test"] if len(parts["test"]) else extra["test"]}
+        else:
+            parts = self._seeded_split(table, self.val_fraction, self.test_fraction)
+        return {k: v.reset_index(drop=True) for k, v in parts.items()}
+
+    def _seeded_split(self, table: pd.DataFrame, val: float, test: float) -> dict[str, pd.DataFrame]:
+        groups = table["group"] if "group" in table.columns else pd.Series(np.arange(len(table)))
+        unique = groups.unique()
+        order = np.random.default_rng(self.seed).permutation(len(unique))
+        n_test, n_val = round(len(unique) * test), round(len(unique) * val)
+        which = np.empty(len(unique), dtype=object)
+        which[order[:n_test]] = "test"
+        which[order[n_test:n_test + n_val]] = "val"
+        which[order[n_test + n_val:]] = "train"
+        assign = groups.map(dict(zip(unique, which, strict=True)))
+        return {s: table[assign.to_numpy() == s] for s in ("train", "val", "test")}
+
+    def _folder_table(self, folder: Path) -> pd.DataFrame:
+        if not folder.is_dir():
+            raise DataError(f"predict_dir {folder} is not a folder of images")
+        paths = sorted(str(p.resolve()) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise DataError(f"predict_dir {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return pd.DataFrame({"path": paths, "age": np.nan, "sex": np.nan})
+
+    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+        if not self._datasets:
+            self.setup()
+        dataset = self._datasets[stage]
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                          drop_last=shuffle and len(dataset) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        if "predict" in self._datasets:
+            return self._loader("predict", shuffle=False)
+        return self._loader("test", shuffle=False)
+
+
+def resolve(root: Path, path: str | Path) -> Path:
+    """A path relative to ``root`` unless absolute."""
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
+def parse_sex(values: pd.Series, source: str, key: str) -> np.ndarray:
+    """Sex column to 1.0 (male) / 0.0 (female): accepts M/F, male/female, True/False, 1/0."""
+    mapping = {"m": 1.0, "male": 1.0, "true": 1.0, "1": 1.0, "1.0": 1.0,
+               "f": 0.0, "female": 0.0, "false": 0.0, "0": 0.0, "0.0": 0.0}
+    out = values.astype(str).str.strip().str.lower().map(mapping)
+    if out.isna().any():
+        i = int(np.flatnonzero(out.isna().to_numpy())[0])
+        raise DataError(f"{source}: row {i + 2} (line in the file) has sex {values.iloc[i]!r} in column '{key}'; "
+                        "expected M/F, male/female, True/False or 1/0")
+    return out.to_numpy(np.float32)
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str | Path, hint: str = "") -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source} has no column(s) {missing}; it has {list(frame.columns)}. {hint}".strip())
+
+
+def numeric_column(frame: pd.DataFrame, key: str, source: str | Path) -> np.ndarray:
+    values = pd.to_numeric(frame[key], errors="coerce")
+    bad = values.isna() | ~np.isfinite(values.to_numpy(np.float64, na_value=np.nan))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{source}: row {i + 2} (line in the file) has a non-numeric value {frame[key].iloc[i]!r} "
+                        f"in column '{key}'; fix or remove the row")
+    return values.to_numpy(np.float32)

@@ -1,0 +1,41 @@
+"""Helpers every system shares: where a run writes, and figure/image output for any logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """The run directory (``lightning_logs/<exp>/version_N``), created."""
+    path = Path(trainer.log_dir or trainer.default_root_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(trainer: pl.Trainer) -> Path:
+    """``<run dir>/figures``, created."""
+    path = run_dir(trainer) / "figures"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_figure(trainer: pl.Trainer, fig, name: str) -> Path:
+    """Save a matplotlib figure into figures/ and hand it to every logger that shows images.
+
+    Works with any logger: TensorBoard (``add_figure``), W&B (``log_image``) or none; modules
+    never call a logger-specific API themselves.
+    """
+    import matplotlib.pyplot as plt
+
+    path = figures_dir(trainer) / f"{name}.png"
+    if trainer.is_global_zero:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):  # WandbLogger
+                logger.log_image(key=f"figures/{name}", images=[str(path)], step=trainer.global_step)
+            elif hasattr(getattr(logger, "experiment", None), "add_figure"):  # TensorBoard
+                logger.experiment.add_figure(f"figures/{name}", fig, global_step=trainer.global_step)
+    plt.close(fig)
+    return path

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny phantom data sets and a CLI runner writing into tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def rsna_phantom(tmp_path_factory) -> Path:
+    """A small RSNA-layout phantom (160 hands at ~128 px), shared by the whole session."""
+    from boneage.phantoms.rsna import render
+
+    return render(tmp_path_factory.mktemp("rsna"), n=160, seed=1, size=128, progress_bar=False)
+
+
+@pytest.fixture
+def run_cli(tmp_path, monkeypatch):
+    """Run ``boneage <subcommand> ...`` in-process on the CPU, run dirs under tmp_path."""
+    from boneage.cli import VERSION_ENV, main
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv(VERSION_ENV, raising=False)
+
+    def run(subcommand: str, *args: str) -> Path:
+        os.environ.pop(VERSION_ENV, None)
+        main([subcommand, *args, "--runs_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu",
+              "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_model_summary", "false"])
+        return tmp_path / "runs"
+
+    return run

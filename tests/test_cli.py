@@ -1,0 +1,47 @@
+"""The command line: typed config errors before any work, experiment listing, run layout."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from boneage.cli import find_checkpoint, next_version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_typo_is_caught_before_any_work(run_cli, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--config", "experiments/regressor_rsna.yaml",
+                "--model.init_args.network.init_args.backbon", "resnet18")
+    err = capsys.readouterr().err
+    assert "backbon" in err
+    assert not (tmp_path / "runs").exists()  # nothing ran, nothing written
+
+
+def test_unknown_loss_is_rejected():
+    import torch
+
+    from boneage.systems.regression import AgeRegressor
+
+    with pytest.raises(ValueError, match="loss must be one of"):
+        AgeRegressor(torch.nn.Linear(1, 1), loss="huberish")
+
+
+def test_make_with_unknown_experiment_lists_the_experiments():
+    out = subprocess.run(["make", "-s", "check-exp", "EXP=nope"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "Unknown experiment 'nope'" in out.stdout and "regressor_rsna" in out.stdout
+
+
+def test_versions_and_checkpoint_lookup(tmp_path):
+    assert next_version(tmp_path) == 0
+    (tmp_path / "version_0").mkdir()
+    (tmp_path / "version_3").mkdir()
+    assert next_version(tmp_path) == 4
+    with pytest.raises(FileNotFoundError, match="no 'best' checkpoint"):
+        find_checkpoint(tmp_path, "best")
+    (tmp_path / "best-epoch001-step10.ckpt").write_text("x")
+    assert find_checkpoint(tmp_path, "best").endswith("best-epoch001-step10.ckpt")
