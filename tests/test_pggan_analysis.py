@@ -36,9 +36,8 @@ def _reg_cfg(data_dir: str) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from data_modules.rsna import RSNADataModule
-
     from boneage.analysis.latent import instantiate
+    from data_modules.rsna import RSNADataModule
 
     root = tmp_path_factory.mktemp("analysis")
     data = RSNADataModule.phantom_args(root / "rsna", n=48, seed=0, size=64)

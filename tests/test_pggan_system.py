@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from data_modules.rsna import RSNADataModule
 
 from boneage.models.pggan import PGGANDiscriminator, PGGANGenerator
 from boneage.systems.pggan import GrowthSchedule, PGGANMetrics, PGGANSystem
+from data_modules.rsna import RSNADataModule
 
 
 def test_schedule_walks_stabilise_fade_stabilise_with_linear_alpha():

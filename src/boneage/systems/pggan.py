@@ -314,6 +314,40 @@ class PGGANSystem(pl.LightningModule):
         return [torch.optim.Adam(self.generator.parameters(), **kw),
                 torch.optim.Adam(self.discriminator.parameters(), **kw)]
 
+    # --- evaluation on held-out real images (boneage test) -------------------------------
+    def on_test_epoch_start(self) -> None:
+        self._test_reals: list[Tensor] = []
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Critic gap ``mean D(real) - mean D(fake)`` on held-out images at the current growth state."""
+        state = self.growth
+        real = self.real_at(batch["image"], state)
+        fake = self(self._latents(len(real), real), state.level, state.alpha)
+        gap = self.discriminator(real, state.level, state.alpha).float().mean() - \
+            self.discriminator(fake, state.level, state.alpha).float().mean()
+        self.log("test/critic_gap", gap, batch_size=len(real), sync_dist=True)
+        self._test_reals.append(real.float().cpu())
+
+    def on_test_epoch_end(self) -> None:
+        """MS-SSIM diversity of generated and held-out images and SWD between them."""
+        reals = torch.cat(self._test_reals) if self._test_reals else None
+        self._test_reals = []
+        if reals is None or len(reals) < 2:
+            return
+        state = self.growth
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(len(reals), self.generator.latent_dim, generator=g).to(self.device)
+        with torch.no_grad():
+            fakes = self(z, state.level, state.alpha).float().clamp(-1, 1).cpu()
+        values: dict[str, float] = {}
+        if state.resolution >= 8:
+            values["test/msssim"] = msssim_diversity(fakes)
+            values["test/msssim_real"] = msssim_diversity(reals)
+        if state.resolution >= 16:
+            values["test/swd_mean"] = SlicedWassersteinDistance()(reals, fakes)["mean"]
+        if values:
+            self.log_dict(values, sync_dist=True)
+
     # --- figures -------------------------------------------------------------------------
     @torch.no_grad()
     def save_samples(self, name: str, state: GrowthState | None = None) -> None:
