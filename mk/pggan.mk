@@ -51,5 +51,5 @@ pggan-demo: install
 		--gan-config experiments/pggan_rsna.yaml tests/configs/pggan_demo.yaml \
 		--regressor-ckpt lightning_logs/xception_rsna_demo/checkpoints/last.ckpt \
 		--regressor-config experiments/xception_rsna.yaml tests/configs/xception_demo.yaml \
-		--out lightning_logs/pggan_rsna_demo/analysis --n 4000 --batch-size 200 --thumb-size 32 \
+		--out lightning_logs/pggan_rsna_demo/analysis --n 2000 --batch-size 200 --thumb-size 32 \
 		--tolerance-years 1.0 --devices 1
