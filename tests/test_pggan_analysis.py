@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -87,6 +88,12 @@ def test_all_steps_write_their_outputs(trained, tmp_path, capsys):
     for name in ("mae_by_year.csv", "mae_by_year.png", "lasso.json", "lasso.png", "neighbours.json",
                  "neighbours.png", "control.json", "control.png"):
         assert (out / name).is_file(), name
+    # Fig. 4: MAE by true age in years adds up to the overall MAE of each split
+    by_year = pd.read_csv(out / "mae_by_year.csv")
+    errors = json.loads((out / "regressor_errors.json").read_text())
+    for split in ("train", "test"):
+        part = by_year[by_year["split"] == split]
+        assert (part["count"] * part["mae"]).sum() / part["count"].sum() == pytest.approx(errors[f"{split}_mae"])
     lasso = json.loads((out / "lasso.json").read_text())
     assert lasso["n_train"] + lasso["n_test"] == 300
     nn = json.loads((out / "neighbours.json").read_text())
