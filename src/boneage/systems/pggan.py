@@ -288,7 +288,8 @@ class PGGANSystem(pl.LightningModule):
                     _adam_reset(opt.optimizer if hasattr(opt, "optimizer") else opt)
             self._opt_level = state.level
         if self._phase_index is not None and state.phase_index != self._phase_index:
-            self.save_samples(f"samples_phase{self._phase_index:02d}")
+            ended = self.schedule.state(max(0, self.images_shown - 1))  # the phase that just ended
+            self.save_samples(f"samples_phase{self._phase_index:02d}", ended)
         self._phase_index = state.phase_index
 
     @torch.no_grad()
