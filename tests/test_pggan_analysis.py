@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
     reg_cfg = yaml.safe_load(reg_yaml.read_text())
     regressor = instantiate(reg_cfg["model"])  # default optimizer: Adam 1e-3
     dm = instantiate(reg_cfg["data"])
-    trainer = pl.Trainer(max_epochs=2, default_root_dir=root / "reg", **kw)
+    trainer = pl.Trainer(max_epochs=1, default_root_dir=root / "reg", **kw)
     trainer.fit(regressor, datamodule=dm)
     trainer.save_checkpoint(root / "reg.ckpt")
     gan = instantiate(GAN_CFG["model"])
