@@ -155,18 +155,3 @@ def test_bf16_mixed_grows_with_finite_losses(phantom, tmp_path):
     trainer.fit(system, datamodule=_dm(phantom))
     assert {r for _, r in losses} == {4, 8, 16}
     assert all(math.isfinite(d) for d, _ in losses)
-
-
-@pytest.mark.slow  # two CPU processes with gloo: about a minute on a 2-core machine
-def test_ddp_two_processes_count_images_over_all_devices(phantom, tmp_path):
-    from pytorch_lightning.strategies import DDPStrategy
-
-    system = _system(stabilise_images=16, fade_images=16, batch_sizes={4: 8}, total_images=48)
-    strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True)
-    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=2, strategy=strategy,
-                         max_epochs=-1, logger=False, enable_progress_bar=False)
-    trainer.fit(system, datamodule=_dm(phantom))
-    ckpt = torch.load(sorted(tmp_path.rglob("*.ckpt"))[-1], weights_only=False)
-    # batch 8 in total = 4 per process; both processes' images count towards the schedule
-    assert ckpt["pggan_growth"]["images_shown"] == 48
-    assert ckpt["pggan_growth"]["state"]["resolution"] == 16
