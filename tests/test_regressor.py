@@ -11,7 +11,7 @@ from boneage.models.backbones import create_backbone
 from boneage.models.regressor import SexAwareRegressor
 
 
-@pytest.mark.parametrize("backbone", ["resnet10t", "tv_googlenet"])
+@pytest.mark.parametrize("backbone", ["resnet10t", "tv_googlenet", "mobilenetv3_small_050"])  # last: pre-logits head
 def test_every_parameter_gets_a_gradient(backbone):
     net = SexAwareRegressor(backbone, use_sex=True, sex_units=8, hidden=[16], dropout=0.1)
     out = net(torch.randn(2, 1, 64, 64), torch.tensor([0.0, 1.0]))
