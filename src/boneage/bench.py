@@ -262,11 +262,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            tjnet_setup, tjnet_step),
 )}
 
+NO_SYSTEM_LOG = "bench:no-system-log"  # not a CLI argument: handled by run_family
+
 # Framework settings turned off one at a time (and all together) to show what each costs.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "no progress bar": ("--trainer.enable_progress_bar", "false"),
     "no loggers": ("--trainer.logger", "false"),
     "no checkpoint callback": ("--trainer.enable_checkpointing", "false"),
+    # the system's own self.log calls replaced by no-ops (its torchmetrics still update): what
+    # Lightning's per-call bookkeeping of logged values costs (see docs/performance.md)
+    "no self.log in the system": (NO_SYSTEM_LOG,),
     "bare Trainer (all off, no model summary)": (
         "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
         "--trainer.enable_checkpointing", "false", "--trainer.enable_model_summary", "false"),
@@ -437,9 +442,17 @@ def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] 
     loop = PlainLoop(device, args.precision)
     probe = Interleave(family, [], loop, clock, mem, args.warmup, args.block, args.blocks)
     os.environ.pop(VERSION_ENV, None)
-    cli = BoneAgeCLI(args=cli_args(family, args, Path(args.out) / "runs", probe.total_steps, extra), run=False)
+    cli_extra = tuple(a for a in extra if a != NO_SYSTEM_LOG)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads our arguments only from args=
+    try:
+        cli = BoneAgeCLI(args=cli_args(family, args, Path(args.out) / "runs", probe.total_steps, cli_extra),
+                         run=False)
+    finally:
+        sys.argv = argv
     os.environ.pop(VERSION_ENV, None)
     dm, system, trainer = cli.datamodule, cli.model, cli.trainer
+    if NO_SYSTEM_LOG in extra:
+        system.log = system.log_dict = lambda *a, **k: None
     batches = fixed_batches(dm, args.fixed_batches, pin=device.type == "cuda")
     bench_loader = DataLoader(Repeat(batches, probe.total_steps), batch_size=None, num_workers=0)
     dm.train_dataloader = lambda: bench_loader  # the framework arm gets the same in-memory batches
@@ -463,6 +476,27 @@ def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] 
     # kept for the options and data sections, not written to JSON
     result["_private"] = {"state": timer.plain.state, "batches": batches, "datamodule": dm}
     return result
+
+
+def run_breakdown(family: Family, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The framework's fixed cost per step, in full and with each setting off.
+
+    Run at a tiny step (``--breakdown-size``, ``--breakdown-batch``) so that the per-step cost of
+    the framework (progress bar, loggers, callbacks, the system's metric updates and ``self.log``)
+    stands out of the noise; ``framework - plain`` in ms is that cost, and at any other step time
+    the ratio is ``1 + cost / plain step``.
+    """
+    tiny = copy.copy(args)
+    tiny.image_size, tiny.batch = args.breakdown_size, args.breakdown_batch
+    tiny.warmup, tiny.block, tiny.blocks = 3, args.breakdown_block, args.breakdown_blocks
+    rows = []
+    for variant, extra in {"CLI defaults (as users run it)": (), **VARIANTS}.items():
+        print(f"  {family.name} breakdown: {variant}")
+        r = _public(run_family(family, tiny, extra))
+        r["variant"] = variant
+        r["cost_ms"] = r["framework"]["median_ms"] - r["plain"]["median_ms"]
+        rows.append(r)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -667,12 +701,17 @@ def markdown(res: dict[str, Any]) -> str:
             f"| **{_f(r['ratio_median'], 3)}** | {_f(r['ratio_mean'], 3)} | {_f(fw['peak_mib'])} "
             f"| {_f(pl_['peak_mib'])} |")
     if res["breakdown"]:
-        lines += ["", "What each framework setting costs (each row its own interleaved run against the plain loop):",
-                  "", "| family | framework arm | framework median (ms) | plain median (ms) | ratio (median) "
-                  "| ratio (mean) |", "|---|---|---|---|---|---|"]
+        b = res["breakdown"][0]
+        lines += ["", f"What the framework costs per step, and each setting of it: a tiny step (batch {b['batch']}, "
+                  f"{b['image_size'][0]}x{b['image_size'][1]}) where the fixed cost stands out; each row its own "
+                  "interleaved run; cost = framework - plain median. At a step of T ms the ratio is about "
+                  "1 + cost / T.", "",
+                  "| family | framework arm | framework median (ms) | plain median (ms) | cost (ms/step) "
+                  "| ratio (median) | ratio (mean) |", "|---|---|---|---|---|---|---|"]
         for r in res["breakdown"]:
-            lines.append(f"| {r['family']} | {r['variant']} | {_f(r['framework']['median_ms'])} "
-                         f"| {_f(r['plain']['median_ms'])} | {_f(r['ratio_median'], 3)} | {_f(r['ratio_mean'], 3)} |")
+            lines.append(f"| {r['family']} | {r['variant']} | {_f(r['framework']['median_ms'], 2)} "
+                         f"| {_f(r['plain']['median_ms'], 2)} | {_f(r['cost_ms'], 2)} | {_f(r['ratio_median'], 3)} "
+                         f"| {_f(r['ratio_mean'], 3)} |")
     if res["options"]:
         opts = res["options"]
         lines += ["", f"## Options (plain loop of the {opts['family']} family, interleaved)", "",
@@ -720,7 +759,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, default=4, help="blocks per arm")
     p.add_argument("--fixed-batches", type=int, default=4, help="distinct batches both arms cycle through")
     p.add_argument("--threshold", type=float, default=1.05, help="ratio above which settings are broken down")
-    p.add_argument("--breakdown", default="auto", choices=["auto", "always", "never"])
+    p.add_argument("--breakdown", default="auto", choices=["auto", "always", "never"],
+                   help="cost of each framework setting: auto = for families above --threshold")
+    p.add_argument("--breakdown-size", type=int, default=64, help="image size of the breakdown's tiny step")
+    p.add_argument("--breakdown-batch", type=int, default=2, help="batch of the breakdown's tiny step")
+    p.add_argument("--breakdown-block", type=int, default=8)
+    p.add_argument("--breakdown-blocks", type=int, default=5)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="also measure torch.compile (minutes of compiling on a CPU)")
@@ -771,10 +815,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {name}: framework {r['framework']['median_ms']:.1f} ms, plain {r['plain']['median_ms']:.1f} ms, "
               f"ratio {r['ratio_median']:.3f}")
         if args.breakdown == "always" or (args.breakdown == "auto" and r["ratio_median"] > args.threshold):
-            for variant, extra in VARIANTS.items():
-                print(f"  {name}: {variant}")
-                v = run_family(FAMILIES[name], args, extra)
-                res["breakdown"].append({"variant": variant, **_public(v)})
+            res["breakdown"] += run_breakdown(FAMILIES[name], args)
     if first is not None:
         res["options"] = run_options(FAMILIES[first["family"]], first, args)
         if args.data:
