@@ -13,15 +13,28 @@ from torch.utils.data import DataLoader
 from boneage import bench
 
 
-def _one_step_both_ways(system: pl.LightningModule, setup, step, batch: dict[str, torch.Tensor]):
+class _SeedEachStep(pl.Callback):
+    """Same random draws (GAN noise) in both arms: seed right before the step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        torch.manual_seed(123)
+
+
+def _one_step_both_ways(system: pl.LightningModule, family: bench.Family, batch: dict[str, torch.Tensor]):
     """One Lightning training step and one hand-written step from the same weights."""
-    state = setup(system)
-    before = [p.detach().clone() for p in system.network.parameters()]
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    if family.prepare is not None:
+        family.prepare(system)
+    state = family.plain_setup(system)
+    params = [p for p in system.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[_SeedEachStep()])
     trainer.fit(system, DataLoader(bench.Repeat([batch], 1), batch_size=None))
-    step(state, batch, bench.PlainLoop(torch.device("cpu"), "32-true"))
-    return before, list(system.network.parameters()), list(state["net"].parameters())
+    torch.manual_seed(123)
+    family.plain_step(state, batch, bench.PlainLoop(torch.device("cpu"), "32-true"))
+    plain = [p for m in state.values() if isinstance(m, torch.nn.Module) and m is not state.get("g_ema")
+             for p in m.parameters()]
+    return before, params, plain
 
 
 def _batch(n: int = 6, size: int = 64) -> dict[str, torch.Tensor]:
@@ -31,24 +44,38 @@ def _batch(n: int = 6, size: int = 64) -> dict[str, torch.Tensor]:
             "index": torch.arange(n)}
 
 
-@pytest.mark.parametrize("family", ["regressor", "tjnet"])
-def test_plain_step_equals_the_framework_step(family):
-    """Same weights, batch and optimizer: the hand-written step lands on the framework's weights."""
-    torch.manual_seed(0)
+def _system(family: str) -> tuple[pl.LightningModule, int]:
     if family == "regressor":
         from boneage.models.regressor import SexAwareRegressor
         from boneage.systems.regression import AgeRegressor
 
-        system = AgeRegressor(SexAwareRegressor(backbone="resnet10t", use_sex=True, sex_units=4, hidden=[8],
-                                                dropout=0.0))
-    else:
+        return AgeRegressor(SexAwareRegressor(backbone="resnet10t", use_sex=True, sex_units=4, hidden=[8],
+                                              dropout=0.0)), 64
+    if family == "tjnet":
         from boneage.models.tjnet import TJNet
         from boneage.systems.tjnet import TJNetSystem
 
-        system = TJNetSystem(TJNet(num_classes=77, width=0.125, sex_units=4, age_hidden=[8, 8], sex_hidden=8,
-                                   dropout=0.0), heatmap_images=0)
-    fam = bench.FAMILIES[family]
-    before, framework, plain = _one_step_both_ways(system, fam.plain_setup, fam.plain_step, _batch())
+        return TJNetSystem(TJNet(num_classes=77, width=0.125, sex_units=4, age_hidden=[8, 8], sex_hidden=8,
+                                 dropout=0.0), heatmap_images=0), 64
+    if family == "bapgan":
+        from boneage.models.bapgan import BAPGAN
+        from boneage.systems.bapgan import BAPGANSystem
+
+        return BAPGANSystem(BAPGAN(image_size=32, width=0.125), fid_feature_extractor="randconv"), 32
+    from boneage.models.pggan import PGGANDiscriminator, PGGANGenerator
+    from boneage.systems.pggan import PGGANSystem
+
+    return PGGANSystem(PGGANGenerator(latent_dim=16, resolution=16, width=0.03125),
+                       PGGANDiscriminator(resolution=16, width=0.03125), batch_sizes={4: 4}), 16
+
+
+@pytest.mark.parametrize("family", [f for f in bench.FAMILIES if bench.FAMILIES[f].present()])
+def test_plain_step_equals_the_framework_step(family):
+    """Same weights, batch, noise and optimizers: the hand-written step lands on the framework's weights."""
+    torch.manual_seed(0)
+    system, size = _system(family)
+    before, framework, plain = _one_step_both_ways(system, bench.FAMILIES[family], _batch(size=size))
+    assert len(plain) == len(framework)
     moved = sum(not torch.equal(b, p) for b, p in zip(before, framework, strict=True))
     assert moved > len(before) // 2, "the framework step changed few weights: nothing to compare"
     for f, p in zip(framework, plain, strict=True):

@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import copy
 import ctypes
+import inspect
 import json
 import os
 import platform
@@ -56,6 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -227,6 +229,126 @@ def tjnet_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
     loop.step(s["opt"])
 
 
+def _trainable(net: nn.Module, names: tuple[str, ...], all_names: tuple[str, ...]) -> None:
+    """What Lightning's ``toggle_optimizer`` does: only the stepped networks require grad."""
+    for name in all_names:
+        getattr(net, name).requires_grad_(name in names)
+
+
+BAPGAN_NETS = ("encoder", "generator", "d_id", "d_img")
+
+
+def bapgan_setup(system: Any) -> dict[str, Any]:
+    """A copy of BAPGAN's five networks (same weights) and its three Adam optimizers."""
+    net = copy.deepcopy(system.network).train()
+    hp = system.hparams
+    groups = (("encoder", "generator"), ("d_id",), ("d_img",))
+    lrs = (hp.lr_eg, hp.lr_d_id, hp.lr_d_img)
+    opts = [torch.optim.Adam([p for n in g for p in getattr(net, n).parameters()], lr=lr, betas=tuple(hp.betas))
+            for g, lr in zip(groups, lrs, strict=True)]
+    return {"net": net, "hp": hp, "opts": opts, "groups": groups}
+
+
+def bapgan_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
+    """One BAPGAN iteration by hand: the E/G step, the D_id step, the D_img (+ D_age) step."""
+    from boneage.models.bapgan import sample_prior
+    from boneage.systems.gan_losses import (
+        age_to_group,
+        d_adversarial_bce,
+        g_adversarial_bce,
+        reconstruction_l2,
+        smooth_age_labels,
+        soft_cross_entropy,
+    )
+
+    net, hp, (opt_eg, opt_id, opt_img) = s["net"], s["hp"], s["opts"]
+    x = batch["image"]
+    groups = age_to_group(batch["age"].float(), hp.age_group_years, net.n_groups)
+    labels = smooth_age_labels(groups, net.n_groups, hp.label_smoothing).to(x.dtype)
+    _trainable(net, s["groups"][0], BAPGAN_NETS)
+    with loop.autocast():
+        z = net.encoder(x)
+        x_rec = net.generator(z, labels)
+        logit, age_logits = net.d_img(x_rec, labels)
+        loss = hp.lambda_recon * reconstruction_l2(x, x_rec) + g_adversarial_bce(logit) + g_adversarial_bce(net.d_id(z))
+        if age_logits is not None:
+            loss = loss + hp.lambda_age * soft_cross_entropy(age_logits, labels)
+    opt_eg.zero_grad(set_to_none=True)
+    loop.backward(loss)
+    loop.step(opt_eg)
+    z, x_rec = z.detach(), x_rec.detach()
+    _trainable(net, s["groups"][1], BAPGAN_NETS)
+    with loop.autocast():
+        prior = sample_prior(len(z), net.z_dim, device=z.device, dtype=z.dtype)
+        loss = d_adversarial_bce(net.d_id(prior), net.d_id(z))
+    opt_id.zero_grad(set_to_none=True)
+    loop.backward(loss)
+    loop.step(opt_id)
+    _trainable(net, s["groups"][2], BAPGAN_NETS)
+    with loop.autocast():
+        real_logit, age_logits = net.d_img(x, labels)
+        fake_logit, _ = net.d_img(x_rec, labels)
+        loss = d_adversarial_bce(real_logit, fake_logit)
+        if age_logits is not None:
+            loss = loss + hp.lambda_age * soft_cross_entropy(age_logits, labels)
+    opt_img.zero_grad(set_to_none=True)
+    loop.backward(loss)
+    loop.step(opt_img)
+    _trainable(net, BAPGAN_NETS, BAPGAN_NETS)
+
+
+def pggan_prepare(system: Any) -> None:
+    """Start the framework arm in the final stabilise phase (the full-size networks)."""
+    system.images_shown = system.schedule.growth_images() - system.schedule.stabilise_images
+    system.total_images = max(system.total_images, system.images_shown + 10**7)  # no stop while timed
+
+
+def pggan_setup(system: Any) -> dict[str, Any]:
+    """Copies of G, D and the EMA generator (same weights), Adam for each, the growth state."""
+    hp = system.hparams
+    g, d = copy.deepcopy(system.generator).train(), copy.deepcopy(system.discriminator).train()
+    kw = {"lr": hp.lr, "betas": tuple(hp.betas), "eps": hp.eps}
+    return {"g": g, "d": d, "g_ema": copy.deepcopy(system.generator_ema), "hp": hp, "growth": system.growth,
+            "opt_g": torch.optim.Adam(g.parameters(), **kw), "opt_d": torch.optim.Adam(d.parameters(), **kw)}
+
+
+def pggan_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
+    """One PGGAN iteration by hand: WGAN-GP critic step(s), generator step, EMA update."""
+    from boneage.models.pggan import fade_images
+    from boneage.systems.pggan_losses import wgan_g_loss, wgan_gp_d_loss
+
+    g, d, hp, st = s["g"], s["d"], s["hp"], s["growth"]
+    real = batch["image"][: st.batch_size]
+    if real.shape[-1] != st.resolution:
+        real = F.avg_pool2d(real, real.shape[-1] // st.resolution)
+    if st.phase == "fade":
+        real = fade_images(real, st.alpha)
+    n = len(real)
+
+    def critic(x: torch.Tensor) -> torch.Tensor:
+        return d(x, st.level, st.alpha)
+
+    with loop.autocast():
+        for _ in range(hp.n_critic):
+            with torch.no_grad():
+                fake = g(torch.randn(n, g.latent_dim, device=real.device, dtype=real.dtype), st.level, st.alpha)
+            d_loss = wgan_gp_d_loss(critic, real, fake, hp.gp_weight, hp.drift_weight)["loss"]
+            s["opt_d"].zero_grad(set_to_none=True)
+            loop.backward(d_loss)
+            loop.step(s["opt_d"])
+        d.requires_grad_(False)
+        z = torch.randn(n, g.latent_dim, device=real.device, dtype=real.dtype)
+        g_loss = wgan_g_loss(critic(g(z, st.level, st.alpha)))
+        s["opt_g"].zero_grad(set_to_none=True)
+        loop.backward(g_loss)
+        loop.step(s["opt_g"])
+        d.requires_grad_(True)
+    with torch.no_grad():
+        torch._foreach_lerp_(list(s["g_ema"].parameters()), [p.detach() for p in g.parameters()], 1.0 - hp.ema_beta)
+        for b_ema, b in zip(s["g_ema"].buffers(), g.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
 # --------------------------------------------------------------------------------------------
 # Module families
 # --------------------------------------------------------------------------------------------
@@ -240,6 +362,8 @@ class Family:
     small: tuple[str, ...]  # CLI overrides for the small (CPU) scale
     plain_setup: Callable[[Any], dict[str, Any]]
     plain_step: Callable[[dict[str, Any], Batch, PlainLoop], None]
+    prepare: Callable[[Any], None] | None = None  # puts the system into the state to time
+    batch_args: tuple[str, ...] = ()  # further overrides that follow --batch ("{batch}" replaced)
 
     def present(self) -> bool:
         try:
@@ -260,6 +384,23 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             f"{NET}sex_hidden", "32", "--model.init_args.heatmap_images", "0",
             "--data.init_args.image_size", "[128, 128]", "--data.init_args.batch_size", "32"),
            tjnet_setup, tjnet_step),
+    Family("bapgan", "bapgan_femur", "boneage.systems.bapgan",
+           (f"{NET}image_size", "64", f"{NET}width", "0.25", "--model.init_args.fid_feature_extractor", "randconv",
+            "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "32"),
+           bapgan_setup, bapgan_step),
+    Family("pggan", "pggan_rsna", "boneage.systems.pggan",
+           ("--model.init_args.generator.init_args.resolution", "64",
+            "--model.init_args.generator.init_args.latent_dim", "128",
+            "--model.init_args.generator.init_args.width", "0.0625",
+            "--model.init_args.discriminator.init_args.resolution", "64",
+            "--model.init_args.discriminator.init_args.width", "0.0625",
+            "--model.init_args.batch_sizes", "{4: 16}",
+            "--trainer.callbacks", json.dumps([{"class_path": "boneage.systems.pggan.PGGANMetrics", "init_args": {
+                "every_n_images": 0, "msssim_images": 16, "is_images": 16, "fid_images": 16, "swd_images": 16,
+                "batch_size": 16}}]),
+            "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "16"),
+           pggan_setup, pggan_step, prepare=pggan_prepare,
+           batch_args=("--model.init_args.batch_sizes", "{{4: {batch}}}")),
 )}
 
 NO_SYSTEM_LOG = "bench:no-system-log"  # not a CLI argument: handled by run_family
@@ -404,7 +545,30 @@ class Interleave(_lightning_callback()):
 # --------------------------------------------------------------------------------------------
 # One framework-versus-plain run
 # --------------------------------------------------------------------------------------------
-def cli_args(family: Family, args: argparse.Namespace, runs_dir: Path, max_steps: int,
+def data_args(family: Family, args: argparse.Namespace) -> list[str]:
+    """Data arguments of a family's framework arm: the RSNA folder, or a phantom of its format
+    rendered once by its DataModule's ``phantom_args``."""
+    import importlib
+
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "experiments" / f"{family.experiment}.yaml").read_text())
+    class_path = cfg["data"]["class_path"]
+    if class_path == "data_modules.rsna.RSNADataModule":
+        return ["--data.init_args.data_dir", str(args.data_dir)]
+    root = Path(args.out) / "data" / f"{family.name}_{args.n_images}"
+    marker = root / "bench_data_args.json"
+    if marker.is_file():
+        init = json.loads(marker.read_text())
+    else:
+        module, name = class_path.rsplit(".", 1)
+        print(f"rendering a {args.n_images}-image phantom for {name} into {root}")
+        init = getattr(importlib.import_module(module), name).phantom_args(root, n=args.n_images, seed=0)
+        marker.write_text(json.dumps(init))
+    return [x for k, v in init.items() for x in (f"--data.init_args.{k}", v if isinstance(v, str) else json.dumps(v))]
+
+
+def cli_args(family: Family, args: argparse.Namespace, runs_dir: Path,
              extra: tuple[str, ...] = ()) -> list[str]:
     """The ``boneage fit`` arguments of the framework arm (as a user would type them)."""
     argv = ["--config", str(ROOT / "experiments" / f"{family.experiment}.yaml")]
@@ -416,21 +580,44 @@ def cli_args(family: Family, args: argparse.Namespace, runs_dir: Path, max_steps
         argv += list(family.small)
     if args.batch:
         argv += ["--data.init_args.batch_size", str(args.batch)]
+        argv += [a.format(batch=args.batch) for a in family.batch_args]
     if args.image_size:
         argv += ["--data.init_args.image_size", f"[{args.image_size}, {args.image_size}]"]
     argv += [
         "--experiment", f"bench_{family.name}", "--runs_dir", str(runs_dir),
-        "--data.init_args.data_dir", str(args.data_dir), "--data.init_args.num_workers", "0",
+        *data_args(family, args), "--data.init_args.num_workers", "0",
         "--data.init_args.cache_dir", str(Path(args.out) / "cache"),
         "--trainer.accelerator", args.device, "--trainer.devices", "1",
-        "--trainer.precision", args.precision, "--trainer.max_steps", str(max_steps),
+        # one epoch over exactly the timed schedule's batches (max_steps counts optimizer steps,
+        # several per batch for the GANs)
+        "--trainer.precision", args.precision, "--trainer.max_steps", "-1",
         "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
-        "--trainer.num_sanity_val_steps", "0",
+        "--trainer.num_sanity_val_steps", "0", *extra,
+    ]
+    if "scheduler" in inspect.signature(_system_class(family)).parameters:
         # epoch-level schedulers (ReduceLROnPlateau on val metrics) never step inside the timed
         # steps, and without validation they would fail at the epoch end
-        "--model.init_args.scheduler", "null", *extra,
-    ]
+        argv += ["--model.init_args.scheduler", "null"]
     return argv
+
+
+def _system_class(family: Family) -> type:
+    import importlib
+
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "experiments" / f"{family.experiment}.yaml").read_text())
+    module, name = cfg["model"]["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def _networks(system: nn.Module) -> str:
+    """The trained network(s) of a system by class name (GANs have several)."""
+    if hasattr(system, "network"):
+        return type(system.network).__name__
+    nets = [type(m).__name__ for name, m in system.named_children()
+            if any(p.requires_grad for p in m.parameters()) and not name.endswith("_metrics")]
+    return " + ".join(nets)
 
 
 def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -445,12 +632,14 @@ def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] 
     cli_extra = tuple(a for a in extra if a != NO_SYSTEM_LOG)
     argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads our arguments only from args=
     try:
-        cli = BoneAgeCLI(args=cli_args(family, args, Path(args.out) / "runs", probe.total_steps, cli_extra),
+        cli = BoneAgeCLI(args=cli_args(family, args, Path(args.out) / "runs", cli_extra),
                          run=False)
     finally:
         sys.argv = argv
     os.environ.pop(VERSION_ENV, None)
     dm, system, trainer = cli.datamodule, cli.model, cli.trainer
+    if family.prepare is not None:
+        family.prepare(system)
     if NO_SYSTEM_LOG in extra:
         system.log = system.log_dict = lambda *a, **k: None
     batches = fixed_batches(dm, args.fixed_batches, pin=device.type == "cuda")
@@ -463,8 +652,8 @@ def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] 
     batch = len(batches[0]["age"])
     fw, pl_ = timer.framework.summary(batch), timer.plain.record.summary(batch)
     result = {
-        "family": family.name, "system": type(system).__name__, "network": type(system.network).__name__,
-        "parameters": sum(p.numel() for p in system.network.parameters()),
+        "family": family.name, "system": type(system).__name__, "network": _networks(system),
+        "parameters": sum(p.numel() for p in system.parameters() if p.requires_grad),
         "batch": batch, "image_size": list(batches[0]["image"].shape[-2:]),
         "framework": fw, "plain": pl_,
         "ratio_median": fw["median_ms"] / pl_["median_ms"], "ratio_mean": fw["mean_ms"] / pl_["mean_ms"],
@@ -727,10 +916,11 @@ def markdown(res: dict[str, Any]) -> str:
             f"the experiment's augmentation; median of {d['repeats']} rounds, {d['epochs_timed']} timed epoch(s) "
             "after an untimed one (OS file cache warm everywhere: 'cold' means the decoded-image cache). "
             f"Model consumption: {_f(d['consumption_images_per_s'])} images/s ({d['consumption_of']}).",
-            "", "| path | workers | images/s | decode limit / rate | rate / model consumption |",
-            "|---|---|---|---|---|"]
+            "", "| path | workers | images/s | ms/image | decode limit / rate | rate / model consumption |",
+            "|---|---|---|---|---|---|"]
         for row in d["rows"]:
             lines.append(f"| {row['path']} | {row['workers']} | {_f(row['images_per_s'])} "
+                         f"| {_f(1e3 / row['images_per_s'], 2)} "
                          f"| {_f(row['limit_over_rate'], 2)} | {_f(row['rate_over_consumption'], 2)} |")
     lines += ["", "Targets: ratio <= 1.05 for every family; warm loader >= 5x the model's consumption; cold path "
               "within 1.5x of the raw decode limit (decode limit / rate <= 1.5).", ""]
