@@ -57,6 +57,11 @@ def _system(family: str) -> tuple[pl.LightningModule, int]:
 
         return TJNetSystem(TJNet(num_classes=77, width=0.125, sex_units=4, age_hidden=[8, 8], sex_hidden=8,
                                  dropout=0.0), heatmap_images=0), 64
+    if family == "roi":
+        from boneage.models.roi import AgeGroupClassifier
+        from boneage.systems.roi import AgeGroupLocalizer
+
+        return AgeGroupLocalizer(AgeGroupClassifier(backbone="test_resnet", num_classes=4), max_figures=0), 32
     if family == "bapgan":
         from boneage.models.bapgan import BAPGAN
         from boneage.systems.bapgan import BAPGANSystem

@@ -229,6 +229,23 @@ def tjnet_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
     loop.step(s["opt"])
 
 
+def roi_setup(system: Any) -> dict[str, Any]:
+    """A copy of the age-group classifier (same weights), its group edges and optimizer settings."""
+    net = copy.deepcopy(system.network).train()
+    return {"net": net, "opt": system.optimizer(_params(net)), "make_opt": system.optimizer,
+            "edges": system.inner_edges.detach().clone()}
+
+
+def roi_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
+    """The ROI localizer's training step by hand: age groups, cross entropy, one Adam step."""
+    with loop.autocast():
+        logits = s["net"](batch["image"])
+    loss = F.cross_entropy(logits.float(), torch.bucketize(batch["age"].float(), s["edges"], right=True))
+    s["opt"].zero_grad(set_to_none=True)
+    loop.backward(loss)
+    loop.step(s["opt"])
+
+
 def _trainable(net: nn.Module, names: tuple[str, ...], all_names: tuple[str, ...]) -> None:
     """What Lightning's ``toggle_optimizer`` does: only the stepped networks require grad."""
     for name in all_names:
@@ -384,6 +401,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             f"{NET}sex_hidden", "32", "--model.init_args.heatmap_images", "0",
             "--data.init_args.image_size", "[128, 128]", "--data.init_args.batch_size", "32"),
            tjnet_setup, tjnet_step),
+    Family("roi", "roi_localizer_scinti", "boneage.systems.roi",
+           (f"{NET}backbone", "resnet10t", "--model.init_args.max_figures", "0",
+            "--data.init_args.image_size", "[320, 96]", "--data.init_args.batch_size", "32"),
+           roi_setup, roi_step),
     Family("bapgan", "bapgan_femur", "boneage.systems.bapgan",
            (f"{NET}image_size", "64", f"{NET}width", "0.25", "--model.init_args.fid_feature_extractor", "randconv",
             "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "32"),
