@@ -82,9 +82,6 @@ class AgeRegressor(pl.LightningModule):
                 self.age_mean.fill_(mean)
                 self.age_std.fill_(std)
 
-    def on_train_start(self) -> None:
-        self.val_mae_best.reset()
-
     # --- steps ---------------------------------------------------------------------------
     def forward(self, image: torch.Tensor, sex: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted age in label units."""
@@ -112,6 +109,8 @@ class AgeRegressor(pl.LightningModule):
         self.model_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a partial pass: not a candidate for the best (nor reset at train start,
+            return                        # so a resumed run keeps the best of the epochs before the stop)
         self.val_mae_best(self.val_metrics["mae"].compute())
         self.log("val/mae_best", self.val_mae_best.compute(), sync_dist=True)
 
