@@ -169,7 +169,7 @@ class ImageTableDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self.use_cache:
-            img = np.asarray(self.cache.array[i])
+            img = np.array(self.cache.array[i])  # a writable copy of the cached row
         else:
             img = self.cache.preprocess(read_gray(self.cache.paths[i]))
         if self.augment is not None:

@@ -22,6 +22,14 @@ def rsna_phantom(tmp_path_factory) -> Path:
     return render(tmp_path_factory.mktemp("rsna"), n=160, seed=1, size=128, progress_bar=False)
 
 
+@pytest.fixture(scope="session")
+def rsna_phantom_400(tmp_path_factory) -> Path:
+    """400 hands: enough for a tiny regressor to learn in a test."""
+    from boneage.phantoms.rsna import render
+
+    return render(tmp_path_factory.mktemp("rsna400"), n=400, seed=2, size=96, progress_bar=False)
+
+
 @pytest.fixture
 def run_cli(tmp_path, monkeypatch):
     """Run ``boneage <subcommand> ...`` in-process on the CPU, run dirs under tmp_path."""
