@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from pytorch_lightning.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +40,47 @@ def step_metrics(exp_dir: Path, key: str) -> pd.Series:
     frames = [pd.read_csv(p) for p in sorted(exp_dir.glob("version_*/metrics.csv"))]
     frame = pd.concat(frames, ignore_index=True)
     return frame.dropna(subset=[key]).set_index("step")[key]
+
+
+# --- module families: one experiment each, tiny (used by the DDP, bf16 and resume tests) -------
+FAMILIES = {
+    "regressor": ("regressor_rsna", "tests/configs/scale/regressor_tiny.yaml"),
+    "tjnet": ("tjnet_rsna", "tests/configs/tjnet_rsna.yaml"),
+    "bapgan": ("bapgan_femur", "tests/configs/bapgan_femur.yaml"),
+    "pggan": ("pggan_rsna", "tests/configs/pggan_rsna.yaml"),
+}
+
+
+def present_families() -> list[str]:
+    """Families whose experiment is in this checkout (the GANs arrive from their branches)."""
+    return [f for f, (exp, _) in FAMILIES.items() if (ROOT / "experiments" / f"{exp}.yaml").is_file()]
+
+
+def family_args(family: str, data_root: Path) -> list[str]:
+    """CLI arguments running a family's experiment at tiny scale on a phantom rendered into data_root."""
+    import importlib
+
+    import yaml
+
+    exp, tiny = FAMILIES[family]
+    config = yaml.safe_load((ROOT / "experiments" / f"{exp}.yaml").read_text())
+    module, name = config["data"]["class_path"].rsplit(".", 1)
+    data_args = getattr(importlib.import_module(module), name).phantom_args(data_root, n=48, seed=0)
+    args = ["--config", f"experiments/{exp}.yaml"]
+    if (ROOT / tiny).is_file():
+        args += ["--config", tiny]
+    for key, value in data_args.items():
+        args += [f"--data.init_args.{key}", str(value)]
+    return args + ["--data.init_args.num_workers", "0", "--trainer.num_sanity_val_steps", "0"]
+
+
+class RankWeights(Callback):
+    """Every rank writes its final weights to ``out_dir/rank<N>.pt`` (given by class path in DDP tests)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items() if torch.is_tensor(v)}
+        torch.save({"state": state, "world_size": trainer.world_size, "global_step": trainer.global_step},
+                   Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
