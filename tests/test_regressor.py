@@ -94,3 +94,20 @@ def test_predict_writes_a_csv_for_a_folder(rsna_phantom, run_cli, tmp_path):
     run = sorted((runs / "pred").glob("version_*"))[-1]
     pred = pd.read_csv(run / "predictions.csv")
     assert len(pred) == len(list(folder.glob("*.png"))) and pred["pred_months"].notna().all()
+
+
+def test_checkpoint_rebuilds_the_model_without_the_config(rsna_phantom, run_cli):
+    """load_from_checkpoint alone rebuilds network and target scaling (late fusion, analyses)."""
+    from boneage.systems.regression import AgeRegressor
+
+    common = ["--config", "experiments/regressor_rsna.yaml", "--experiment", "reload",
+              "--data.init_args.data_dir", str(rsna_phantom), "--data.init_args.image_size", "[64, 64]",
+              "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0",
+              "--model.init_args.network.init_args.backbone", "test_resnet",
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    runs = run_cli("fit", *common)
+    model = AgeRegressor.load_from_checkpoint(runs / "reload" / "checkpoints" / "last.ckpt", map_location="cpu")
+    table = pd.read_csv(rsna_phantom / "boneage-training-dataset.csv")
+    assert model.network.use_sex and abs(float(model.age_mean) - table["boneage"].mean()) < 15
+    out = model.eval()(torch.zeros(2, 1, 64, 64), torch.tensor([0.0, 1.0]))
+    assert out.shape == (2,) and torch.isfinite(out).all()

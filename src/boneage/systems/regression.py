@@ -55,7 +55,9 @@ class AgeRegressor(pl.LightningModule):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"])
+        # Under LightningCLI the saved values are the config (class_path + init_args), so
+        # load_from_checkpoint rebuilds the network; plain Python callers pass the objects.
+        self.save_hyperparameters(logger=False)
         self.network = network
         self.optimizer = optimizer
         self.scheduler = scheduler

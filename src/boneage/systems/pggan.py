@@ -1,0 +1,647 @@
+"""Progressive GAN training recipe (paper 001: PGGAN on RSNA hand radiographs).
+
+Manual optimization with explicit phases per batch, as the official training loop:
+a critic (D) phase with the WGAN-GP loss, then a generator (G) phase, then the generator's
+weight EMA. The growth schedule (``GrowthSchedule``) maps the number of real images shown
+to the current level, phase (stabilise / fade-in), alpha and batch size; the module keeps
+``images_shown`` and writes it with the schedule into every checkpoint, so a resumed run
+continues in the right phase with the right alpha.
+
+Defaults follow the official code / paper setup (REFERENCE.md): Adam(0, 0.99, eps 1e-8),
+lr 1e-3, G EMA 0.999, Adam state reset when a resolution is added, 800k images per stabilise
+and per fade-in phase, batch 16 (14 at 256, 6 at 512, 3 at 1024), real images faded like the
+generator's output. Paper is silent on: the total length (chose the official 15,000k images
+for 1024 px in the YAML); batch sizes are totals over all devices (divided by the world
+size), as in the official multi-GPU code; images per phase count all devices' images.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from boneage.metrics.gan_metrics import (
+    GANImageMetrics,
+    InceptionFeatures,
+    RegressorFeatures,
+    msssim_diversity,
+)
+from boneage.metrics.swd import SlicedWassersteinDistance
+from boneage.models.pggan import PGGANDiscriminator, PGGANGenerator, fade_images, num_levels
+from boneage.systems.pggan_losses import wgan_g_loss, wgan_gp_d_loss
+
+PAPER_BATCH_SIZES = {4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1024: 3}
+
+
+@dataclass(frozen=True)
+class GrowthState:
+    """Where training is: level (0 = 4 px), resolution, phase, alpha of the new block, batch size."""
+
+    level: int
+    resolution: int
+    phase: str  # "stabilise" or "fade"
+    alpha: float
+    batch_size: int
+    phase_index: int  # 0, 1, 2 ...: changes exactly when the phase changes
+    phase_start: int  # images shown when this phase began
+
+
+class GrowthSchedule:
+    """Images-shown -> growth state. Phases: stabilise(start), [fade(l), stabilise(l)] up to final.
+
+    The final stabilise phase is open-ended (training stops at ``total_images`` or the trainer's
+    limits). ``batch_sizes`` maps resolution -> total batch; missing resolutions use the next
+    lower resolution's entry.
+    """
+
+    def __init__(
+        self,
+        final_resolution: int = 1024,
+        start_resolution: int = 4,
+        stabilise_images: int = 800_000,
+        fade_images: int = 800_000,
+        batch_sizes: dict[int, int] | None = None,
+    ) -> None:
+        self.final_level = num_levels(final_resolution) - 1
+        self.start_level = num_levels(start_resolution) - 1
+        if self.start_level > self.final_level:
+            raise ValueError(
+                f"start_resolution {start_resolution} is above final_resolution {final_resolution}")
+        if stabilise_images <= 0 or fade_images <= 0:
+            raise ValueError("stabilise_images and fade_images must be positive")
+        self.final_resolution = final_resolution
+        self.start_resolution = start_resolution
+        self.stabilise_images = int(stabilise_images)
+        self.fade_images = int(fade_images)
+        self.batch_sizes = {int(k): int(v) for k, v in (batch_sizes or PAPER_BATCH_SIZES).items()}
+        if not self.batch_sizes or min(self.batch_sizes) > start_resolution:
+            raise ValueError(f"batch_sizes {self.batch_sizes} gives no batch size for {start_resolution} px")
+
+    def batch_size(self, resolution: int) -> int:
+        return self.batch_sizes[max(r for r in self.batch_sizes if r <= resolution)]
+
+    def segments(self) -> list[tuple[str, int, int]]:
+        """(phase, level, length in images) in order; the last is open-ended."""
+        segs = [("stabilise", self.start_level, self.stabilise_images)]
+        for level in range(self.start_level + 1, self.final_level + 1):
+            segs += [("fade", level, self.fade_images), ("stabilise", level, self.stabilise_images)]
+        return segs
+
+    def growth_images(self) -> int:
+        """Images shown until the final resolution is fully faded in and stabilised once."""
+        return sum(n for _, _, n in self.segments())
+
+    def state(self, images_shown: int) -> GrowthState:
+        start = 0
+        segs = self.segments()
+        for i, (phase, level, length) in enumerate(segs):
+            if images_shown < start + length or i == len(segs) - 1:
+                alpha = min(1.0, (images_shown - start) / length) if phase == "fade" else 1.0
+                res = 4 * 2**level
+                return GrowthState(level, res, phase, float(alpha), self.batch_size(res), i, start)
+            start += length
+        raise AssertionError("unreachable")
+
+    def config(self) -> dict[str, Any]:
+        return {"final_resolution": self.final_resolution, "start_resolution": self.start_resolution,
+                "stabilise_images": self.stabilise_images, "fade_images": self.fade_images,
+                "batch_sizes": dict(self.batch_sizes)}
+
+
+def _adam_reset(optimizer: torch.optim.Optimizer) -> None:
+    """Forget Adam's moments and step counts (official: reset when a resolution is added)."""
+    optimizer.state.clear()
+
+
+class PGGANSystem(pl.LightningModule):
+    """Progressive GAN with WGAN-GP, growth schedule and generator EMA.
+
+    Args:
+        generator: a ``PGGANGenerator`` (its ``resolution`` is the final resolution).
+        discriminator: a ``PGGANDiscriminator`` of the same resolution.
+        start_resolution: resolution of the first phase (4).
+        stabilise_images: real images shown per stabilise phase (paper setup 800k).
+        fade_images: real images shown per fade-in phase (paper setup 800k).
+        batch_sizes: total batch per resolution (paper: 16; 14 at 256, 6 at 512, 3 at 1024). The
+            data loader's batch must be at least the largest per-device batch.
+        total_images: stop after this many real images (None: when the final resolution has been
+            faded in and stabilised once).
+        lr: Adam learning rate of G and D (1e-3).
+        betas: Adam betas ((0, 0.99)).
+        eps: Adam epsilon (1e-8).
+        gp_weight: gradient penalty weight lambda (10).
+        drift_weight: drift penalty epsilon (0.001).
+        n_critic: D phases per G phase (1).
+        ema_beta: generator EMA decay (0.999).
+        reset_adam_on_growth: clear Adam state when a resolution is added.
+        samples: number of fixed latents in the sample grids written at every phase change.
+    """
+
+    monitor: str | None = None  # no "best" GAN checkpoint: last checkpoints only
+    mode = "min"
+
+    def __init__(
+        self,
+        generator: PGGANGenerator,
+        discriminator: PGGANDiscriminator,
+        start_resolution: int = 4,
+        stabilise_images: int = 800_000,
+        fade_images: int = 800_000,
+        batch_sizes: dict[int, int] | None = None,
+        total_images: int | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.0, 0.99),
+        eps: float = 1e-8,
+        gp_weight: float = 10.0,
+        drift_weight: float = 0.001,
+        n_critic: int = 1,
+        ema_beta: float = 0.999,
+        reset_adam_on_growth: bool = True,
+        samples: int = 16,
+    ) -> None:
+        super().__init__()
+        if generator.resolution != discriminator.resolution:
+            raise ValueError(f"generator resolution {generator.resolution} != discriminator resolution "
+                             f"{discriminator.resolution}")
+        self.save_hyperparameters(ignore=["generator", "discriminator"])
+        self.automatic_optimization = False
+        self.generator = generator
+        self.discriminator = discriminator
+        self.generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
+        self.schedule = GrowthSchedule(generator.resolution, start_resolution, stabilise_images, fade_images,
+                                       batch_sizes)
+        self.total_images = total_images if total_images is not None else self.schedule.growth_images()
+        self.images_shown = 0
+        self._opt_level: int | None = None
+        self._phase_index: int | None = None
+        g = torch.Generator().manual_seed(1234)
+        self.register_buffer("sample_latents", torch.randn(samples, generator.latent_dim, generator=g))
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def growth(self) -> GrowthState:
+        return self.schedule.state(self.images_shown)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pggan_growth"] = {"images_shown": self.images_shown, "opt_level": self._opt_level,
+                                      "state": asdict(self.growth), "schedule": self.schedule.config()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("pggan_growth")
+        if saved is None:
+            raise KeyError("checkpoint has no 'pggan_growth' entry: it was not written by PGGANSystem")
+        if saved["schedule"] != self.schedule.config():
+            raise ValueError(f"the checkpoint's growth schedule {saved['schedule']} differs from this "
+                             f"configuration's {self.schedule.config()}: resume with the same schedule")
+        self.images_shown = int(saved["images_shown"])
+        self._opt_level = saved["opt_level"]
+        self._phase_index = self.growth.phase_index
+
+    # --- generation ----------------------------------------------------------------------
+    def forward(self, z: Tensor, level: int | None = None, alpha: float = 1.0, ema: bool = True) -> Tensor:
+        """Images from latents with the EMA generator (default) at ``level`` (default final)."""
+        return (self.generator_ema if ema else self.generator)(z, level, alpha)
+
+    def real_at(self, images: Tensor, state: GrowthState) -> Tensor:
+        """Data images (final resolution) area-downsampled to the current resolution and faded."""
+        h, w = images.shape[-2:]
+        if h != w or h != self.schedule.final_resolution:
+            raise ValueError(f"data images are {h}x{w}; the PGGAN needs square images of the final "
+                             f"resolution {self.schedule.final_resolution}: set data.init_args.image_size to "
+                             f"[{self.schedule.final_resolution}, {self.schedule.final_resolution}]")
+        if h != state.resolution:
+            images = F.avg_pool2d(images, h // state.resolution)
+        return fade_images(images, state.alpha) if state.phase == "fade" else images
+
+    # --- training ------------------------------------------------------------------------
+    def per_device_batch(self, state: GrowthState) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return max(1, state.batch_size // world)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        state = self.growth
+        self._on_phase(state)
+        opt_g, opt_d = self.optimizers()
+        bs = self.per_device_batch(state)
+        images = batch["image"]
+        if len(images) < bs:
+            raise ValueError(f"the data loader gave a batch of {len(images)} images but the growth schedule "
+                             f"wants {bs} per device at {state.resolution} px: set data.init_args.batch_size "
+                             "to at least the largest per-device batch of model.init_args.batch_sizes")
+        real = self.real_at(images[:bs], state)
+        n = len(real)
+        level, alpha = state.level, state.alpha
+
+        def critic(x: Tensor) -> Tensor:
+            return self.discriminator(x, level, alpha)
+
+        # --- D phase(s)
+        self.toggle_optimizer(opt_d)
+        for _ in range(self.hparams.n_critic):
+            with torch.no_grad():
+                fake = self.generator(self._latents(n, real), level, alpha)
+            parts = wgan_gp_d_loss(critic, real, fake, self.hparams.gp_weight, self.hparams.drift_weight)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(parts["loss"])
+            opt_d.step()
+        self.untoggle_optimizer(opt_d)
+        # --- G phase
+        self.toggle_optimizer(opt_g)
+        g_loss = wgan_g_loss(critic(self.generator(self._latents(n, real), level, alpha)))
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+        # --- EMA
+        self._update_ema()
+        self._check_finite(parts["loss"], g_loss, state)
+        self.images_shown += n * self.trainer.world_size
+        log = {"train/d_loss": parts["loss"], "train/g_loss": g_loss, "train/gp": parts["gp"],
+               "train/wgan": parts["wgan"], "train/drift": parts["drift"],
+               "train/kimg": self.images_shown / 1000.0, "train/resolution": float(state.resolution),
+               "train/alpha": alpha, "train/level": float(level)}
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in log.items()},
+                      prog_bar=False, batch_size=n)
+        self.log("train/loss_d", parts["loss"].detach(), prog_bar=True, batch_size=n, logger=False)
+        if self.images_shown >= self.total_images:
+            self.trainer.should_stop = True
+
+    def _latents(self, n: int, like: Tensor) -> Tensor:
+        return torch.randn(n, self.generator.latent_dim, device=like.device, dtype=like.dtype)
+
+    def _on_phase(self, state: GrowthState) -> None:
+        """Reset Adam when a resolution is added; write a sample grid when a phase ends."""
+        if self._opt_level is None:
+            self._opt_level = state.level
+        elif state.level != self._opt_level:
+            if self.hparams.reset_adam_on_growth:
+                for opt in self.optimizers():
+                    _adam_reset(opt.optimizer if hasattr(opt, "optimizer") else opt)
+            self._opt_level = state.level
+        if self._phase_index is not None and state.phase_index != self._phase_index:
+            ended = self.schedule.state(max(0, self.images_shown - 1))  # the phase that just ended
+            self.save_samples(f"samples_phase{self._phase_index:02d}", ended)
+        self._phase_index = state.phase_index
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        beta = self.hparams.ema_beta
+        ema_p = list(self.generator_ema.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in self.generator.parameters()], 1.0 - beta)
+        for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            b_ema.copy_(b)
+
+    def _check_finite(self, d_loss: Tensor, g_loss: Tensor, state: GrowthState) -> None:
+        if torch.isfinite(d_loss).all() and torch.isfinite(g_loss).all():
+            return
+        raise FloatingPointError(
+            f"PGGAN diverged: D loss {float(d_loss):.4g}, G loss {float(g_loss):.4g} at {self.images_shown} "
+            f"images shown ({state.resolution} px, {state.phase}, alpha {state.alpha:.3f}). Training "
+            "stopped; the last good checkpoint is kept in the experiment's checkpoints/ folder. Lower the "
+            "learning rate or lengthen the fade-in (model.init_args.fade_images) and resume with "
+            "--ckpt_path last.")
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        kw = {"lr": self.hparams.lr, "betas": tuple(self.hparams.betas), "eps": self.hparams.eps}
+        return [torch.optim.Adam(self.generator.parameters(), **kw),
+                torch.optim.Adam(self.discriminator.parameters(), **kw)]
+
+    # --- evaluation on held-out real images (boneage test) -------------------------------
+    def on_test_epoch_start(self) -> None:
+        self._test_reals: list[Tensor] = []
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Critic gap ``mean D(real) - mean D(fake)`` on held-out images at the current growth state."""
+        state = self.growth
+        real = self.real_at(batch["image"], state)
+        fake = self(self._latents(len(real), real), state.level, state.alpha)
+        gap = self.discriminator(real, state.level, state.alpha).float().mean() - \
+            self.discriminator(fake, state.level, state.alpha).float().mean()
+        self.log("test/critic_gap", gap, batch_size=len(real), sync_dist=True)
+        self._test_reals.append(real.float().cpu())
+
+    def on_test_epoch_end(self) -> None:
+        """MS-SSIM diversity of generated and held-out images and SWD between them."""
+        reals = torch.cat(self._test_reals) if self._test_reals else None
+        self._test_reals = []
+        if reals is None or len(reals) < 2:
+            return
+        state = self.growth
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(len(reals), self.generator.latent_dim, generator=g).to(self.device)
+        with torch.no_grad():
+            fakes = self(z, state.level, state.alpha).float().clamp(-1, 1).cpu()
+        values: dict[str, float] = {}
+        if state.resolution >= 8:
+            values["test/msssim"] = msssim_diversity(fakes)
+            values["test/msssim_real"] = msssim_diversity(reals)
+        if state.resolution >= 16:
+            values["test/swd_mean"] = SlicedWassersteinDistance()(reals, fakes)["mean"]
+        if values:
+            self.log_dict(values, sync_dist=True)
+
+    # --- figures -------------------------------------------------------------------------
+    @torch.no_grad()
+    def save_samples(self, name: str, state: GrowthState | None = None) -> None:
+        """Grid of the EMA generator's images from the fixed latents (paper Fig. 5a/b)."""
+        if self._trainer is None or not self.trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from boneage.systems.base import save_figure
+
+        state = state or self.growth
+        imgs = self(self.sample_latents, state.level, state.alpha).float().clamp(-1, 1).cpu()
+        cols = int(math.ceil(math.sqrt(len(imgs))))
+        rows = int(math.ceil(len(imgs) / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, img in zip(axes.flat, imgs):
+            ax.imshow(img[0], cmap="gray", vmin=-1, vmax=1)
+        fig.suptitle(f"{state.resolution} px, {state.phase}, alpha {state.alpha:.2f}, "
+                     f"{self.images_shown / 1000:.1f}k images", fontsize=9)
+        save_figure(self.trainer, fig, name)
+
+    def on_train_end(self) -> None:
+        self.save_samples("samples_final")
+
+
+# ---------------------------------------------------------------------------- metrics callback
+class PGGANMetrics(pl.Callback):
+    """MS-SSIM, SWD, FID and IS at intervals of real images shown (paper Fig. 6).
+
+    At every ``every_n_images`` real images shown (and at the end of training) the callback draws
+    images from the EMA generator at the current resolution and computes, each on its own sample
+    count (paper: MS-SSIM and IS on 5,000, FID on 10,000, SWD on 1,000):
+
+    - MS-SSIM between random pairs of generated images (diversity, lower = more diverse);
+    - SWD x 1e3 per Laplacian level (>= 16 px) and their mean, generated vs real;
+    - FID and IS with local Inception weights, or with the domain extractor (the age regressor's
+      features), labelled ``fid_domain`` / ``is_domain``; skipped with a note when neither is given.
+
+    Each metric is also computed once per resolution on real images as the reference line
+    (MS-SSIM of real pairs; SWD, FID between two halves of the real set; IS of real images).
+    Values are logged as ``gan/<name>`` and ``gan/<name>_real``; the history is written to
+    ``<run dir>/gan_metrics.csv`` and plotted into ``figures/gan_metrics.png`` at the end.
+
+    Args:
+        every_n_images: interval in real images shown (0: only at the end of training).
+        msssim_images: generated images for MS-SSIM (paper 5,000).
+        is_images: generated images for IS (paper 5,000).
+        fid_images: generated and real images for FID (paper 10,000).
+        swd_images: generated and real images for SWD (paper 1,000).
+        inception_weights_path: local timm inception_v3 weights for FID/IS (Inception labels).
+        regressor_checkpoint: age-regressor checkpoint for the domain FID/IS.
+        regressor_configs: the regressor experiment's YAML(s), to rebuild its network.
+        batch_size: generation batch.
+        seed: seed of the latents and metric sampling (same latents at every evaluation).
+    """
+
+    def __init__(
+        self,
+        every_n_images: int = 500_000,
+        msssim_images: int = 5000,
+        is_images: int = 5000,
+        fid_images: int = 10000,
+        swd_images: int = 1000,
+        inception_weights_path: str | None = None,
+        regressor_checkpoint: str | None = None,
+        regressor_configs: list[str] | None = None,
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        self.every = every_n_images
+        self.counts = {"msssim": msssim_images, "is": is_images, "fid": fid_images, "swd": swd_images}
+        self.inception_weights_path = inception_weights_path
+        self.regressor_checkpoint = regressor_checkpoint
+        self.regressor_configs = regressor_configs or []
+        self.batch_size = batch_size
+        self.seed = seed
+        self.history: list[dict[str, float]] = []
+        self._last_tick = 0
+        self._real_cache: dict = {}
+        self._image_metrics: tuple | None = None
+        self._names = ("fid", "is")
+        self._note_printed = False
+
+    # --- hooks ---------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.every <= 0:
+            return
+        tick = pl_module.images_shown // self.every
+        if tick > self._last_tick:
+            self._last_tick = tick
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if not self.history or self.history[-1]["kimg"] != pl_module.images_shown / 1000:
+            self.evaluate(trainer, pl_module)
+        if trainer.is_global_zero and self.history:
+            from boneage.systems.base import run_dir
+
+            path = run_dir(trainer) / "gan_metrics.csv"
+            pd.DataFrame(self.history).to_csv(path, index=False)
+            self.figure(trainer)
+            print(f"wrote {len(self.history)} GAN metric evaluations to {path}")
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "last_tick": self._last_tick}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+        self._last_tick = int(state_dict.get("last_tick", 0))
+
+    # --- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, trainer: pl.Trainer, pl_module) -> dict[str, float]:
+        """One evaluation at the current growth state; streams images chunk by chunk (1024 px safe)."""
+        state = pl_module.growth
+        key = (state.resolution, round(state.alpha, 6))
+        if key not in self._real_cache:
+            self._real_cache = {key: self._real_pass(trainer, pl_module, state)}  # one resolution at a time
+        real = self._real_cache[key]
+        g = torch.Generator().manual_seed(self.seed)
+        z = torch.randn(max(self.counts.values()), pl_module.generator.latent_dim, generator=g)
+        chunks = (pl_module(zc.to(pl_module.device), state.level, state.alpha).float().clamp(-1, 1)
+                  for zc in z.split(self.batch_size))
+        values = self._measure(chunks, state.resolution, real)
+        row: dict[str, float] = {"kimg": pl_module.images_shown / 1000, "resolution": float(state.resolution),
+                                 "alpha": state.alpha}
+        row.update(values)
+        row.update({f"{k}_real": v for k, v in real["reference"].items()})
+        self.history.append(row)
+        for logger in trainer.loggers:  # straight to the loggers: also allowed in on_train_end
+            logger.log_metrics({f"gan/{k}": float(v) for k, v in row.items()}, step=trainer.global_step)
+        return row
+
+    def _measure(self, chunks, size: int, real: dict) -> dict[str, float]:
+        """MS-SSIM / SWD / FID / IS of a stream of image chunks against the real set's statistics."""
+        c = self.counts
+        seen = 0
+        ms_sum, ms_n = 0.0, 0
+        desc: list[list[Tensor]] = []
+        swd = SlicedWassersteinDistance(seed=self.seed)
+        fid, inception_score = real.get("fid"), real.get("is_metric")
+        for x in chunks:
+            n = len(x)
+            if size >= 8 and seen < c["msssim"] and n >= 2:
+                part = x[: min(n, c["msssim"] - seen)]
+                if len(part) >= 2:
+                    ms_sum += msssim_diversity(part, seed=self.seed) * (len(part) // 2)
+                    ms_n += len(part) // 2
+            if size >= 16 and seen < c["swd"]:
+                desc.append([d.cpu() for d in swd.descriptors(x[: c["swd"] - seen])])
+            if fid is not None and seen < c["fid"]:
+                fid.update(x[: c["fid"] - seen], real=False)
+            if inception_score is not None and seen < c["is"]:
+                inception_score.update(x[: c["is"] - seen])
+            seen += n
+            if seen >= max(c.values()):
+                break
+        out: dict[str, float] = {}
+        if ms_n:
+            out["msssim"] = ms_sum / ms_n
+        if desc and real.get("swd_desc"):
+            fake_desc = [torch.cat(level) for level in zip(*desc)]
+            ref = real["swd_desc"]
+            n = min(len(ref[0]), len(fake_desc[0]))
+            dist = swd.distance([r[:n] for r in ref], [f[:n] for f in fake_desc], size)
+            out.update({f"swd_{k}": v for k, v in dist.items()})
+        if fid is not None:
+            out[self._names[0]] = float(fid.compute())
+            fid.reset()  # keeps the real features (reset_real_features=False)
+        if inception_score is not None:
+            out[self._names[1]] = float(inception_score.compute()[0])
+            inception_score.reset()
+        return out
+
+    def _real_pass(self, trainer: pl.Trainer, pl_module, state) -> dict:
+        """Real images at the current resolution: SWD descriptors, FID real statistics and the
+        reference values (the same metrics with one half of the real set standing in for fakes)."""
+        need = max(self.counts.values())
+        chunks, count = [], 0
+        for batch in trainer.datamodule.train_dataloader():
+            imgs = pl_module.real_at(batch["image"].to(pl_module.device), state).float()
+            chunks.append(imgs.cpu())
+            count += len(imgs)
+            if count >= need:
+                break
+        reals = torch.cat(chunks)[:need]
+        dev = pl_module.device
+        stream = lambda t: (c.to(dev) for c in t.split(self.batch_size))  # noqa: E731
+        swd = SlicedWassersteinDistance(seed=self.seed)
+        real: dict = {}
+        half = len(reals) // 2
+        a, b = reals[:half], reals[half:]
+        ref_desc = None
+        if state.resolution >= 16:
+            real["swd_desc"] = [torch.cat(level) for level in
+                                zip(*[[d.cpu() for d in swd.descriptors(c)] for c in stream(reals)])]
+            ref_desc = [d[: half * swd.patches_per_image] for d in real["swd_desc"]]  # first half's patches
+        extractors = self._extractors(pl_module)
+        if extractors is not None:
+            real["fid"], real["is_metric"] = self._new_fid_is(extractors, dev)
+            for c in stream(reals):
+                real["fid"].update(c, real=True)
+        # reference: the second half measured like generated images against the first half
+        ref_fid, ref_is = self._new_fid_is(extractors, dev) if extractors is not None else (None, None)
+        if ref_fid is not None:
+            for c in stream(a):
+                ref_fid.update(c, real=True)
+        ref = {"fid": ref_fid, "is_metric": ref_is, "swd_desc": ref_desc}
+        real["reference"] = self._measure(stream(b), state.resolution, ref)
+        return real
+
+    def _new_fid_is(self, extractors, device):
+        metrics = GANImageMetrics(*extractors).to(device)
+        return metrics.fid, metrics.inception_score
+
+    def _extractors(self, pl_module):
+        """(features, logits) modules for FID / IS, or None (then FID and IS are skipped)."""
+        if self._image_metrics is not None:
+            return self._image_metrics
+        if self.inception_weights_path:
+            feats = InceptionFeatures(self.inception_weights_path, "features")
+            logits = InceptionFeatures(self.inception_weights_path, "logits")
+        elif self.regressor_checkpoint:
+            from boneage.analysis.latent import load_regressor, read_configs
+
+            system = load_regressor(self.regressor_checkpoint, self.regressor_configs)
+            data_args = read_configs(self.regressor_configs).get("data", {}).get("init_args", {})
+            predict = _AgeFn(system, tuple(data_args.get("image_size", (299, 299))))
+            feats = RegressorFeatures(system.network, predict, "features")
+            logits = RegressorFeatures(system.network, predict, "logits")
+        else:
+            if not self._note_printed:
+                print("PGGANMetrics: FID and IS skipped: give inception_weights_path (local Inception "
+                      "weights) or regressor_checkpoint (domain features)")
+                self._note_printed = True
+            return None
+        probe = GANImageMetrics(feats, logits)
+        self._names = (probe.fid_name, probe.is_name)
+        self._image_metrics = (feats, logits)
+        return self._image_metrics
+
+    # --- figure --------------------------------------------------------------------------
+    def figure(self, trainer: pl.Trainer) -> Path | None:
+        """Fig. 6: each metric against thousands of images shown, real value dashed red."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from boneage.systems.base import save_figure
+
+        frame = pd.DataFrame(self.history)
+        skip = ("kimg", "resolution", "alpha")
+        names = [c for c in frame.columns
+                 if c not in skip and not c.endswith("_real") and not c.startswith("swd_")]
+        swd_cols = [c for c in frame.columns if c.startswith("swd_") and not c.endswith("_real")]
+        panels = names + (["swd"] if swd_cols else [])
+        if not panels:
+            return None
+        cols = min(3, len(panels))
+        rows = int(math.ceil(len(panels) / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+        for ax in axes.flat[len(panels):]:
+            ax.axis("off")
+        for ax, name in zip(axes.flat, panels):
+            if name == "swd":
+                for c in swd_cols:
+                    ax.plot(frame["kimg"], frame[c], "o-", lw=2 if c == "swd_mean" else 1, label=c[4:])
+                ax.legend(fontsize=7, title="level (px)")
+            else:
+                ax.plot(frame["kimg"], frame[name], "o-")
+                if f"{name}_real" in frame:
+                    ax.plot(frame["kimg"], frame[f"{name}_real"], "r--", label="real images")
+                    ax.legend(fontsize=7)
+            ax.set(title=name, xlabel="k images shown")
+        fig.tight_layout()
+        return save_figure(trainer, fig, "gan_metrics")
+
+
+class _AgeFn:
+    """Callable images -> predicted age (label units) of an AgeRegressor at its own input size."""
+
+    def __init__(self, system, image_size: tuple[int, int]) -> None:
+        self.system = system.eval()
+        self.image_size = image_size
+
+    def __call__(self, images: Tensor) -> Tensor:
+        from boneage.analysis.latent import predict_age
+
+        self.system.to(images.device)
+        return predict_age(self.system, images, self.image_size)

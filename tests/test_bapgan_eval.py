@@ -1,0 +1,48 @@
+"""BAPGAN evaluation commands end to end: tiny CLI runs, then FID, figures, VTT, t-SNE, Table 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow(reason="two tiny CLI trainings and four evaluation commands: ~1-2 min on 2 shared cores")
+def test_evaluation_commands(tmp_path: Path, run_cli) -> None:
+    from boneage.analysis import bapgan_eval, bapgan_table1, bapgan_vtt
+    from data_modules.bones import FemurDataModule
+
+    data = FemurDataModule.phantom_args(tmp_path / "femur", n=120, seed=0)
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(
+        "trainer: {max_steps: 6, check_val_every_n_epoch: 1, limit_val_batches: 1}\n"
+        "model: {init_args: {network: {init_args: {image_size: 32, width: 0.125}},"
+        " fid_feature_extractor: randconv}}\n"
+        "data: {init_args: {image_size: [32, 32], batch_size: 8, num_workers: 0,"
+        f" csv_path: {data['csv_path']}}}}}\n")
+    runs = tmp_path / "runs"
+    for exp in ("bapgan_caae_femur", "bapgan_femur"):
+        run_cli("fit", "--config", str(ROOT / "experiments" / f"{exp}.yaml"), "--config", str(tiny))
+    common = ["--runs_dir", str(runs), "--ckpt", "last", "--extra_config", str(tiny)]
+    config = str(ROOT / "experiments" / "bapgan_femur.yaml")
+    assert bapgan_eval.main(["fid", "--config", config, *common]) == 0
+    summary = json.loads((runs / "bapgan_femur" / "bapgan_eval" / "fid.json").read_text())
+    assert summary["metric"] == "fid_randconv" and summary["n_images"] == 120 and summary["value"] > 0
+    assert bapgan_eval.main(["figures", "--config", config, *common]) == 0
+    assert (runs / "bapgan_femur" / "bapgan_eval" / "progression_grid.png").is_file()
+    out = tmp_path / "vtt"
+    assert bapgan_eval.main(["vtt", "--config", config, *common, "--out", str(out), "--n_real", "4",
+                             "--n_pairs", "3"]) == 0
+    key = pd.read_csv(out / "answer_key" / "realism.csv")
+    assert sorted(set(key.truth)) == ["R", "S"]
+    assert len(list((out / "readers" / "realism").glob("*.png"))) == len(key)
+    assert bapgan_eval.main(["tsne", "--dataset", "femur", "--experiments", str(ROOT / "experiments"),
+                             *common, "--per_group", "6", "--out", str(tmp_path / "tsne.png")]) == 0
+    assert (tmp_path / "tsne.png").is_file()
+    table = bapgan_table1.table1(runs).set_index("experiment")
+    assert table.loc["bapgan_femur", "scope"] == "all splits"
+    assert bapgan_vtt.TASKS == ("progression", "regression")
