@@ -36,10 +36,13 @@ def epoch_metrics(exp_dir: Path) -> pd.DataFrame:
     return frame.drop(columns=[c for c in frame.columns if frame[c].isna().all()])
 
 
-def step_metrics(exp_dir: Path, key: str) -> pd.Series:
+def step_frame(exp_dir: Path) -> pd.DataFrame:
+    """Step-level training logs (train/* columns logged per step) of all versions, indexed by step."""
     frames = [pd.read_csv(p) for p in sorted(exp_dir.glob("version_*/metrics.csv"))]
     frame = pd.concat(frames, ignore_index=True)
-    return frame.dropna(subset=[key]).set_index("step")[key]
+    cols = [c for c in frame.columns if c.startswith("train/") and not c.endswith("_epoch")]
+    frame = frame.dropna(subset=cols, how="all")[["step", *cols]]
+    return frame.groupby("step").last()
 
 
 # --- module families: one experiment each, tiny (used by the DDP, bf16 and resume tests) -------

@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 import torch
-from scale_helpers import ROOT, assert_same_weights, epoch_metrics, last_weights, phantom_data_args
+from scale_helpers import (ROOT, assert_same_weights, epoch_metrics, family_args, last_weights, phantom_data_args,
+                           present_families, step_frame)
 
 REGRESSOR = ["--config", "experiments/regressor_rsna.yaml", "--config", "tests/configs/scale/regressor_tiny.yaml"]
 
@@ -84,3 +85,37 @@ def test_exact_resume_makes_checkpoint_writes_atomic():
         assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     finally:
         callback.teardown(trainer, pl.LightningModule(), "fit")
+
+
+GAN_RUNS = {  # (family, signal step, arguments): two short epochs, the signal in the second one
+    "bapgan": (18, ["--trainer.max_steps", "-1", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4",
+                    "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1",
+                    "--trainer.log_every_n_steps", "1"]),  # 3 optimizer steps per batch: step 18 = batch 2 of epoch 1
+    "pggan": (14, ["--trainer.max_steps", "-1", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "5",
+                  "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1"]),  # D + G: 2 steps per batch
+}
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=[] if f == "bapgan" else pytest.mark.slow(
+    reason="one GAN in make test (BAPGAN); PGGAN's resume takes another minute")) for f in GAN_RUNS
+    if f in present_families()])
+def test_gan_resumes_exactly_after_sigterm_mid_epoch(family, run_cli, tmp_path):
+    at_step, extra = GAN_RUNS[family]
+    args = [*family_args(family, tmp_path / "data"), *extra]
+    runs = run_cli("fit", *args, "--experiment", "straight")
+    with pytest.raises(SystemExit):
+        run_cli("fit", *args, "--experiment", "stopped", *preempt(at_step, "SIGTERM"))
+    stopped = torch.load(runs / "stopped" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert stopped["epoch"] == 1 and 0 < stopped["callbacks"]["ExactResume"]["batches_done"]
+    run_cli("fit", *args, "--experiment", "stopped", "--ckpt_path", "last")
+
+    assert_same_weights(last_weights(runs / "straight"), last_weights(runs / "stopped"))
+    straight, resumed = epoch_metrics(runs / "straight"), epoch_metrics(runs / "stopped")
+    assert list(resumed.index) == list(straight.index) and list(resumed.columns) == list(straight.columns)
+    for key in straight.columns:
+        assert resumed[key].tolist() == pytest.approx(straight[key].tolist(), rel=1e-4, abs=1e-6, nan_ok=True), key
+    straight_steps, resumed_steps = (step_frame(runs / e) for e in ("straight", "stopped"))
+    assert list(resumed_steps.index) == list(straight_steps.index)  # every logged step, once
+    for key in straight_steps.columns:  # per-step training logs (the GANs log their losses per step)
+        assert resumed_steps[key].tolist() == pytest.approx(straight_steps[key].tolist(), rel=1e-4, abs=1e-6,
+                                                            nan_ok=True), key
