@@ -16,7 +16,8 @@ A LightningCLI with the framework's run layout:
   one ends;
 - ``--wandb true`` (or ``--config experiments/presets/wandb.yaml``) adds a Weights & Biases logger
   beside CSV and TensorBoard, offline when no API key is configured; the resolved config goes to
-  the W&B run, figures reach it through ``boneage.systems.base.save_figure``.
+  the W&B run, figures (and a grid of training samples) reach it through
+  ``boneage.systems.base.save_figure``.
 
 Accelerator, devices, strategy, precision and num_nodes are plain ``trainer`` keys (YAML or
 command line); presets for several GPUs, a cluster and mixed precision are in
@@ -34,6 +35,7 @@ from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
+from boneage.callbacks import TrainingSamples
 from boneage.resume import ExactResume
 
 RUNS_DIR = "lightning_logs"
@@ -150,6 +152,8 @@ class BoneAgeCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if cfg.get("exact_resume", True) and not any(isinstance(c, ExactResume) for c in trainer.callbacks):
             trainer.callbacks.append(ExactResume())  # after the config's callbacks: it saves their final state
+        if cfg.get("wandb") and self.subcommand == "fit":
+            trainer.callbacks.append(TrainingSamples())
         has_own = any(isinstance(c, ModelCheckpoint) and c.dirpath for c in trainer.callbacks)
         if trainer.checkpoint_callback is not None and not has_own:  # replace Lightning's dir-less default
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
