@@ -11,7 +11,8 @@ import pytest
 import torch
 from scale_helpers import family_args, present_families
 
-STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1"]
+STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+         "--trainer.log_every_n_steps", "1"]
 
 
 def weights(exp_dir) -> dict[str, torch.Tensor]:
@@ -24,7 +25,7 @@ def initial_weights(run_cli_args: list[str]) -> dict[str, torch.Tensor]:
     from boneage.cli import BoneAgeCLI
 
     cli = BoneAgeCLI(args=[*run_cli_args, "--trainer.accelerator", "cpu", "--trainer.logger", "false"], run=False)
-    return {k: v.detach().clone() for k, v in cli.model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in cli.model.named_parameters()}  # parameters only
 
 
 @pytest.mark.parametrize("family", present_families())
@@ -34,7 +35,8 @@ def test_bf16_mixed_follows_float32(family, run_cli, tmp_path):
     run_cli("fit", *args, "--experiment", "bf16", "--trainer.precision", "bf16-mixed")
     init = initial_weights(args)
     w32, w16 = weights(runs / "fp32"), weights(runs / "bf16")
-    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in w16.values())  # fp32 master weights
+    # float32 master weights, finite
+    assert all(w16[k].dtype == torch.float32 and torch.isfinite(w16[k]).all() for k in init if k in w16)
     d32 = torch.cat([(w32[k] - init[k]).flatten() for k in w32 if k in init])
     d16 = torch.cat([(w16[k] - init[k]).flatten() for k in w32 if k in init])
     assert d32.abs().max() > 0  # training moved the weights

@@ -11,8 +11,16 @@ import textwrap
 
 import pytest
 import torch
-from scale_helpers import (ROOT, assert_same_weights, epoch_metrics, family_args, last_weights, phantom_data_args,
-                           present_families, step_frame)
+from scale_helpers import (
+    ROOT,
+    assert_same_weights,
+    epoch_metrics,
+    family_args,
+    last_weights,
+    phantom_data_args,
+    present_families,
+    step_frame,
+)
 
 REGRESSOR = ["--config", "experiments/regressor_rsna.yaml", "--config", "tests/configs/scale/regressor_tiny.yaml"]
 

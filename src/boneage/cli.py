@@ -101,6 +101,8 @@ class BoneAgeCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str, default=RUNS_DIR, help="root of all run directories")
         parser.add_argument("--exact_resume", type=bool, default=True,
                             help="RNG + sampler state in checkpoints, atomic writes, checkpoint on SIGTERM/SIGUSR1")
+        parser.add_argument("--last_every_n_epochs", type=int, default=1,
+                            help="how often last.ckpt is refreshed (a signal always writes it at once)")
         parser.add_argument("--wandb", type=bool, default=False,
                             help="also log to Weights & Biases (offline without an API key)")
         parser.add_argument("--wandb_project", type=str, default="boneage", help="W&B project")
@@ -157,11 +159,12 @@ class BoneAgeCLI(LightningCLI):
         has_own = any(isinstance(c, ModelCheckpoint) and c.dirpath for c in trainer.callbacks)
         if trainer.checkpoint_callback is not None and not has_own:  # replace Lightning's dir-less default
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
-            trainer.callbacks.extend(default_checkpoints(self.model, self._experiment()[1] / "checkpoints"))
+            trainer.callbacks.extend(default_checkpoints(self.model, self._experiment()[1] / "checkpoints",
+                                                         cfg.get("last_every_n_epochs") or 1))
         return trainer
 
 
-def default_checkpoints(model: LightningModule, dirpath: Path) -> list[ModelCheckpoint]:
+def default_checkpoints(model: LightningModule, dirpath: Path, last_every_n_epochs: int = 1) -> list[ModelCheckpoint]:
     """Best (by the system's monitor) and last checkpoints in the experiment's stable folder.
 
     ``last.ckpt`` has its own callback that overwrites it at every checkpointing point (epoch or
@@ -178,9 +181,20 @@ def default_checkpoints(model: LightningModule, dirpath: Path) -> list[ModelChec
         save_top_k=1,
         auto_insert_metric_name=False,
     )
-    last = ModelCheckpoint(dirpath=str(dirpath), filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None,
-                           save_top_k=1, save_last=False, enable_version_counter=False)
+    last = LastCheckpoint(dirpath=str(dirpath), filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None,
+                          save_top_k=1, save_last=False, enable_version_counter=False,
+                          save_on_train_epoch_end=True, every_n_epochs=last_every_n_epochs)
     return [best, last]
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: overwritten at the end of every (n-th) training epoch, whether or not the epoch
+    validated (GANs validate rarely), and once more when training ends (e.g. max_steps mid-epoch)."""
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and not trainer.received_sigterm:
+            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
 
 def default_checkpoint(model: LightningModule, dirpath: Path) -> ModelCheckpoint:
