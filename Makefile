@@ -13,6 +13,7 @@ GPUS ?= 4
 SBATCH ?= sbatch
 COUNT ?=
 WANDB_PROJECT ?= boneage
+SLURM_DIR ?= lightning_logs/$(EXP)/slurm
 # torch wheels for the machine; override for another platform, e.g. TORCH_SPEC="torch torchvision"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
@@ -65,9 +66,9 @@ lint: install
 # SLURM: the template filled with the node/GPU counts is written beside the runs and submitted;
 # SBATCH=true only writes it. The job requeues itself on SIGUSR1 and resumes (docs/scale.md).
 slurm: check-exp
-	@mkdir -p lightning_logs/$(EXP)/slurm
+	@mkdir -p $(SLURM_DIR)
 	@tpl=experiments/slurm/$(if $(filter 1,$(NODES)),one_node,multi_node).sbatch; \
-	 job=lightning_logs/$(EXP)/slurm/$(EXP).sbatch; \
+	 job=$(SLURM_DIR)/$(EXP).sbatch; \
 	 sed -e 's/^#SBATCH --nodes=.*/#SBATCH --nodes=$(NODES)/' \
 	     -e 's/^#SBATCH --ntasks-per-node=.*/#SBATCH --ntasks-per-node=$(GPUS)/' \
 	     -e 's/^#SBATCH --gres=gpu:.*/#SBATCH --gres=gpu:$(GPUS)/' \

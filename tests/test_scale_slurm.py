@@ -57,3 +57,20 @@ def test_sigusr1_requeues_and_the_requeued_job_resumes(tmp_path, rsna_phantom):
     final = torch.load(exp_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == 12 and final["epoch"] == 1  # two epochs of 6 batches, finished
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]  # no second requeue
+
+
+def test_make_slurm_fills_the_template(tmp_path):
+    out = subprocess.run(["make", "-s", "slurm", "EXP=tjnet_rsna", "NODES=2", "GPUS=8", "SBATCH=true",
+                          f"SLURM_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = (tmp_path / "tjnet_rsna.sbatch").read_text()
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gres=gpu:8",
+                 "#SBATCH --job-name=tjnet_rsna", "#SBATCH --signal=SIGUSR1@90", "#SBATCH --requeue"):
+        assert line in text.splitlines(), line
+    assert "srun" in text and "--config experiments/presets/cluster.yaml" in text
+
+
+def test_make_train_resume_continues_from_last():
+    out = subprocess.run(["make", "-n", "train", "EXP=regressor_rsna", "RESUME=1"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert "fit --config experiments/regressor_rsna.yaml --ckpt_path last" in out.stdout, out.stdout + out.stderr

@@ -240,14 +240,7 @@ class ExactResume(Callback):
         loaded, self._loaded = self._loaded, None
         resumed_mid_epoch = (loaded is not None and loaded["epoch"] == trainer.current_epoch
                              and 0 < loaded["batches_done"] < trainer.num_training_batches)
-        installed = False
-        for dl in _train_loaders(trainer):
-            bs = dl.batch_sampler
-            if not isinstance(bs, BatchSampler) or isinstance(bs.sampler, ResumableSampler):
-                continue
-            bs.sampler = ResumableSampler(bs.sampler, bs.batch_size, self._seed, trainer.global_rank, dl.dataset,
-                                          lambda: trainer.current_epoch, self.reseed_augment)
-            installed = True
+        installed = self._install_samplers(trainer)
         if resumed_mid_epoch:
             for dl in _train_loaders(trainer):
                 if isinstance(getattr(dl.batch_sampler, "sampler", None), ResumableSampler):
@@ -258,6 +251,22 @@ class ExactResume(Callback):
             iter(trainer.fit_loop._data_fetcher)  # the fetcher's iterator predates the new sampler
         if loaded is not None and loaded.get("rng") is not None:
             set_rng_state(loaded["rng"])
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # loaders re-created during training (reload_dataloaders_every_n_epochs, e.g. a new batch size)
+        if self._install_samplers(trainer) and trainer.fit_loop._data_fetcher is not None:
+            iter(trainer.fit_loop._data_fetcher)
+
+    def _install_samplers(self, trainer: pl.Trainer) -> bool:
+        installed = False
+        for dl in _train_loaders(trainer):
+            bs = dl.batch_sampler
+            if not isinstance(bs, BatchSampler) or isinstance(bs.sampler, ResumableSampler):
+                continue
+            bs.sampler = ResumableSampler(bs.sampler, bs.batch_size, self._seed, trainer.global_rank, dl.dataset,
+                                          lambda: trainer.current_epoch, self.reseed_augment)
+            installed = True
+        return installed
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
