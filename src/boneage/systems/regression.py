@@ -9,6 +9,7 @@ directory. ``predict`` writes ``predictions.csv`` for the predict split or a fol
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,15 @@ from boneage.systems.base import run_dir, save_figure
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
 
 
+def _builds(factory: Any, cls: type) -> bool:
+    """Whether a (possibly nested) functools.partial from LightningCLI constructs ``cls``."""
+    while isinstance(factory, functools.partial):
+        if factory.func is cls or cls in factory.args:
+            return True
+        factory = factory.func
+    return False
+
+
 def _default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
@@ -35,7 +45,8 @@ class AgeRegressor(pl.LightningModule):
     Args:
         network: the network (``forward(image, sex) -> [B]``), e.g. SexAwareRegressor.
         optimizer: optimizer factory (LightningCLI ``OptimizerCallable``), default Adam lr 1e-3.
-        scheduler: optional LR scheduler factory; ReduceLROnPlateau monitors ``val/loss``.
+        scheduler: optional LR scheduler factory; ReduceLROnPlateau monitors ``val/loss``;
+            OneCycleLR gets ``total_steps`` from the trainer and steps every batch.
         loss: "mse", "l1" or "smooth_l1" on standardised targets.
         age_groups: group edges (label units) for the per-group error table; default yearly
             groups of 48 months for months, 10 years for years.
@@ -211,6 +222,10 @@ class AgeRegressor(pl.LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.scheduler is None:
             return optimizer
+        if _builds(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            # OneCycleLR needs the run length, which only the trainer knows; it steps per batch.
+            scheduler = self.scheduler(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = self.scheduler(optimizer)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

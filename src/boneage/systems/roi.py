@@ -1,0 +1,236 @@
+"""AgeGroupLocalizer: stage 1 of the scintigraphy ROI paper (Do et al.).
+
+Trains a 4-class age-group classifier (ResNet50 + GAP + FC 4 on images resized to 300 wide
+x 1000 high, cross-entropy), and its predict step is the ROI export: per image a Grad-CAM map
+(Eq. 1-2) of the predicted class on the network input, the binary mask of Eq. 3 (gamma 150
+on 0-255), the bounding box mapped back to the ORIGINAL image, the crop from the original
+file, a Fig. 3 style figure, and a ``labels.csv`` of the crops in the hospital CSV format with
+the source split, so stage 2 trains and tests on exactly the same images as stage 1.
+
+Choices where the paper is silent:
+
+- Grad-CAM target: the predicted class (labels are unknown at inference; using the predicted
+  class everywhere keeps train, val and test crops made the same way).
+- Checkpoint selection: best validation accuracy (``val/acc``).
+- Optimizer: Adam lr 1e-4 (the paper gives Adam, batch 32, lr 1e-4 for "the implementation").
+- Where the ROI data set goes: ``lightning_logs/<exp>/roi_dataset/`` (stable per experiment,
+  like the checkpoints), replaced on every export, so stage 2's YAML can name it.
+- Empty masks keep the whole image (see boneage.analysis.roi); several blobs: the one holding
+  the heat map's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from boneage.analysis.roi import RoiExporter
+from boneage.analysis.roi_gradcam import gradcam
+from boneage.models.roi import AgeGroupClassifier
+from boneage.phantoms.common import METADATA_FILE, TRUTH_FILE
+from boneage.systems.base import figures_dir, run_dir
+
+SPLITS = ("train", "val", "test")
+
+
+def _default_optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-4)
+
+
+class AgeGroupLocalizer(pl.LightningModule):
+    """Age-group classifier whose Grad-CAM maps crop the ROI data set.
+
+    Args:
+        network: an AgeGroupClassifier (``forward(image) -> logits``, ``cam_layer``).
+        optimizer: optimizer factory; default Adam lr 1e-4.
+        scheduler: optional LR scheduler factory (ReduceLROnPlateau monitors ``val/loss``).
+        age_edges: group edges in label units; ``len(age_edges) - 1`` must equal the network's
+            classes. Ages outside go to the first/last group.
+        gamma: Eq. 3 threshold on the 0-255 heat-map scale.
+        blobs: "peak", "largest" or "union" (several blobs in the mask).
+        empty: "full", "peak" or "raise" (empty mask).
+        margin: widen each box by this fraction of its size per side.
+        roi_dir: where the ROI data set is written; default ``<experiment dir>/roi_dataset``.
+        max_figures: Fig. 3 figures to draw (None: one per sample, 0: none).
+    """
+
+    monitor = "val/acc"
+    mode = "max"
+
+    def __init__(
+        self,
+        network: AgeGroupClassifier,
+        optimizer: OptimizerCallable = _default_optimizer,
+        scheduler: LRSchedulerCallable | None = None,
+        age_edges: list[float] | None = None,
+        gamma: float = 150.0,
+        blobs: str = "peak",
+        empty: str = "full",
+        margin: float = 0.0,
+        roi_dir: str | None = None,
+        max_figures: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"])
+        edges = list(age_edges) if age_edges is not None else [40.0, 50.0, 60.0, 70.0, 80.0]
+        if len(edges) - 1 != network.num_classes or sorted(edges) != edges:
+            raise ValueError(f"age_edges {edges} must be increasing and give {network.num_classes} groups "
+                             f"(the network's num_classes)")
+        if blobs not in ("peak", "largest", "union") or empty not in ("full", "peak", "raise"):
+            raise ValueError(f"blobs must be peak/largest/union and empty full/peak/raise, "
+                             f"got {blobs!r}, {empty!r}")
+        self.network = network
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.register_buffer("inner_edges", torch.tensor(edges[1:-1], dtype=torch.float32))
+        accuracy = MulticlassAccuracy(num_classes=network.num_classes, average="micro")
+        metrics = MetricCollection({"acc": accuracy})
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self._exporter: RoiExporter | None = None
+
+    # --- training ------------------------------------------------------------------------
+    def age_group(self, age: torch.Tensor) -> torch.Tensor:
+        """Group index of each age (edges are left-closed; out-of-range ages clamp)."""
+        return torch.bucketize(age.float(), self.inner_edges, right=True)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.network(image)
+
+    def model_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self.network(batch["image"])
+        target = self.age_group(batch["age"])
+        loss = F.cross_entropy(logits, target)
+        getattr(self, f"{stage}_metrics").update(logits.detach(), target)
+        getattr(self, f"{stage}_loss").update(loss.detach())
+        n = len(target)
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True,
+                 prog_bar=stage == "train", batch_size=n)
+        self.log_dict(getattr(self, f"{stage}_metrics"), on_step=False, on_epoch=True,
+                      prog_bar=stage == "val", batch_size=n)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.model_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.model_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.model_step(batch, "test")
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_metrics["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        scheduler = self.scheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+    # --- the ROI export (predict) --------------------------------------------------------
+    def roi_dir(self) -> Path:
+        if self.hparams.roi_dir:
+            return Path(self.hparams.roi_dir)
+        return Path(self.trainer.default_root_dir) / "roi_dataset"
+
+    def on_predict_start(self) -> None:
+        if self.trainer.world_size > 1:
+            raise RuntimeError("the ROI export writes one data set from one process: run predict with "
+                               "--trainer.devices 1 (training may use several GPUs)")
+        out = self.roi_dir()
+        if (out / "crops").is_dir():  # a new export replaces the old one: no stale crops
+            shutil.rmtree(out / "crops")
+        max_fig = self.hparams.max_figures
+        self._exporter = RoiExporter(out, gamma=self.hparams.gamma, blobs=self.hparams.blobs,
+                                     empty=self.hparams.empty, margin=self.hparams.margin,
+                                     figures=figures_dir(self.trainer) / "roi" if max_fig != 0 else None,
+                                     max_figures=max_fig,
+                                     letterboxed=bool(getattr(self.trainer.datamodule, "keep_aspect", False)))
+        self._order_offset: dict[str, int] = {}
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        dm = self.trainer.datamodule
+        split = dm.predict_splits()[dataloader_idx] if hasattr(dm, "predict_splits") else "predict"
+        table = dm.table(split)
+        was_training = self.network.training
+        self.network.eval()
+        logits = self.network(batch["image"]).detach()
+        pred = logits.argmax(dim=1)
+        cams = gradcam(self.network, self.network.cam_layer, batch["image"], pred).float().cpu().numpy()
+        self.network.train(was_training)
+        offset = self._split_offset(split, dm)
+        for k, i in enumerate(batch["index"].tolist()):
+            row = table.iloc[i]
+            sex = "" if pd.isna(row["sex"]) else ("M" if float(row["sex"]) > 0.5 else "F")
+            self._exporter.add(row["path"], float(row["age"]), sex, cams[k], order=offset + i, split=split)
+        return {"pred_group": pred.cpu(), "index": batch["index"].cpu()}
+
+    def _split_offset(self, split: str, dm: Any) -> int:
+        """Crops are numbered train, then val, then test, so names are unique across splits."""
+        if split not in self._order_offset:
+            names = dm.predict_splits() if hasattr(dm, "predict_splits") else [split]
+            start = 0
+            for name in names:
+                self._order_offset[name] = start
+                start += len(dm.table(name))
+        return self._order_offset[split]
+
+    def on_predict_end(self) -> None:
+        if self._exporter is None or not self._exporter.rows:
+            return
+        dm = self.trainer.datamodule
+        extra = {}
+        root = Path(getattr(dm, "root", ""))
+        meta_path = root / METADATA_FILE
+        if meta_path.is_file():  # keep the phantom's noise floor beside the ROI data set
+            meta = json.loads(meta_path.read_text())
+            meta["extra"] = {**meta.get("extra", {}), "roi_export_of": str(root)}
+            extra[METADATA_FILE] = json.dumps(meta, indent=2) + "\n"
+        csv = self._exporter.finish(extra)
+        quality = self._score_against_truth(root / TRUTH_FILE)
+        print(self._exporter.summary() + (f"; {quality}" if quality else ""))
+        (run_dir(self.trainer) / "roi_export.txt").write_text(f"{csv}\n{quality}\n")
+        self._exporter = None
+
+    def _score_against_truth(self, truth_csv: Path) -> str:
+        """For phantoms: how much of the true age region the crops cover (mean over images)."""
+        if not truth_csv.is_file():
+            return ""
+        truth = pd.read_csv(truth_csv)
+        needed = {"image", "roi_x0", "roi_y0", "roi_x1", "roi_y1"}
+        if not needed <= set(truth.columns):
+            return ""
+        truth["source"] = [str((truth_csv.parent / p).resolve()) for p in truth["image"]]
+        rows = pd.DataFrame(self._exporter.rows)
+        rows["source"] = [str(Path(p).resolve()) for p in rows["source"]]
+        merged = rows.merge(truth, on="source", how="inner")
+        if merged.empty:
+            return ""
+        inter_w = (np.minimum(merged.x1, merged.roi_x1) - np.maximum(merged.x0, merged.roi_x0)).clip(lower=0)
+        inter_h = (np.minimum(merged.y1, merged.roi_y1) - np.maximum(merged.y0, merged.roi_y0)).clip(lower=0)
+        true_area = (merged.roi_x1 - merged.roi_x0) * (merged.roi_y1 - merged.roi_y0)
+        crop_area = (merged.x1 - merged.x0) * (merged.y1 - merged.y0)
+        coverage = (inter_w * inter_h / true_area).mean()
+        frac = (crop_area / (merged.orig_width * merged.orig_height)).mean()
+        return (f"crops cover {coverage:.0%} of the true age region on average and are {frac:.0%} "
+                "of the image area")
