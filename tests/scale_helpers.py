@@ -51,6 +51,7 @@ FAMILIES = {
     "tjnet": ("tjnet_rsna", "tests/configs/tjnet_rsna.yaml"),
     "bapgan": ("bapgan_femur", "tests/configs/bapgan_femur.yaml"),
     "pggan": ("pggan_rsna", "tests/configs/pggan_rsna.yaml"),
+    "roi_localizer": ("roi_localizer_scinti", "tests/configs/roi_localizer_scinti.yaml"),
 }
 
 

@@ -25,8 +25,8 @@ def run_ddp(args: list[str], out_dir, runs_dir) -> subprocess.CompletedProcess:
     env.pop("BONEAGE_RUN_VERSION", None)
     cmd = [sys.executable, "-m", "boneage.cli", "fit", *args, "--config", "experiments/presets/ddp_cpu.yaml",
            "--runs_dir", str(runs_dir), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-           "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-           "--trainer.enable_model_summary", "false",
+           "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
+           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
            "--trainer.callbacks+=scale_helpers.RankWeights", f"--trainer.callbacks.out_dir={out_dir}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
