@@ -230,9 +230,6 @@ class BAPGANSystem(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def on_train_start(self) -> None:
-        self.val_recon_best.reset()   # sanity-check batches must not count
-
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking and self.recon["val"].update_called:
             self.val_recon_best.update(self.recon["val"].compute())

@@ -8,8 +8,19 @@ import pytorch_lightning as pl
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
-    """The run directory (``lightning_logs/<exp>/version_N``), created."""
-    path = Path(trainer.log_dir or trainer.default_root_dir)
+    """The run directory (``lightning_logs/<exp>/version_N``), created.
+
+    Safe to call on one rank only (e.g. under ``if trainer.is_global_zero``): unlike
+    ``trainer.log_dir`` it is not a collective under DDP (all ranks share the version anyway).
+    """
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    first = trainer.loggers[0] if trainer.loggers else None
+    if first is None:
+        path = Path(trainer.default_root_dir)
+    else:
+        path = Path((first.log_dir if isinstance(first, (CSVLogger, TensorBoardLogger)) else first.save_dir)
+                    or trainer.default_root_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

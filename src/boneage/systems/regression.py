@@ -95,9 +95,6 @@ class AgeRegressor(pl.LightningModule):
                 self.age_mean.fill_(mean)
                 self.age_std.fill_(std)
 
-    def on_train_start(self) -> None:
-        self.val_mae_best.reset()
-
     # --- steps ---------------------------------------------------------------------------
     def forward(self, image: torch.Tensor, sex: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted age in label units."""
@@ -129,6 +126,8 @@ class AgeRegressor(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
+        if self.trainer.sanity_checking:  # a partial pass: not a candidate for the best (nor reset at train start,
+            return                        # so a resumed run keeps the best of the epochs before the stop)
         self.val_mae_best(self.val_metrics["mae"].compute())
         self.log("val/mae_best", self.val_mae_best.compute(), sync_dist=True)
 

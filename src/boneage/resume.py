@@ -1,0 +1,378 @@
+"""Exact, pre-emption-safe resume: atomic checkpoints, RNG and sampler state, signal handling.
+
+Lightning's checkpoints hold weights, optimizers and loop counters, but a run stopped in the
+middle of an epoch and resumed does not continue the run it interrupted: the data order is
+drawn again, the batches already seen are seen twice, RNG streams restart and epoch-level
+logged means lose the batches before the stop. :class:`ExactResume` closes those gaps:
+
+- **data order**: the training sampler's permutation becomes a function of (seed, epoch)
+  (``DistributedSampler`` already is one), and on resume the batches already consumed in the
+  interrupted epoch are skipped (the sampler position is saved with the checkpoint);
+- **augmentation**: the dataset's albumentations pipeline (``dataset.augment``, which keeps its
+  own RNG, independent of global seeds) is re-seeded before every batch from
+  (seed, rank, epoch, batch), so a batch gets the same augmentation before and after a resume;
+- **RNG**: Python, NumPy, torch (CPU and CUDA) states are saved with the checkpoint and restored
+  when training restarts;
+- **logged epoch metrics**: torchmetrics states become part of the checkpoint, and the
+  accumulators of tensors logged with ``on_epoch=True`` are saved and merged back, so the epoch
+  means of the interrupted epoch cover all its batches;
+- **signals**: on SIGTERM or SIGUSR1 the callback writes ``last.ckpt`` at the next batch
+  boundary (never in the middle of a step) and stops; on SLURM with auto-requeue it then runs
+  Lightning's requeue handler (``hpc_ckpt_N.ckpt`` + ``scontrol requeue``), also at the batch
+  boundary;
+- **atomic writes**: checkpoints are written to a temporary file in the same folder, fsynced and
+  renamed (:class:`AtomicCheckpointIO`), so a kill during the write never leaves a corrupt
+  ``last.ckpt``.
+
+Limits (documented in docs/scale.md): augmentation is bit-exact after a resume with
+``num_workers: 0``; with worker processes the data order is exact but the workers' augmentation
+streams start afresh. Under DDP the torchmetrics states of rank 0 are saved, so the logged
+training means of the interrupted epoch mix the ranks' shares differently (weights are exact).
+State a LightningModule changes in its own ``on_train_batch_end`` hook runs after this
+callback and is missing from a mid-epoch checkpoint: do per-batch updates in
+``training_step`` or in a callback.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.environments import SLURMEnvironment
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
+from torchmetrics import Metric
+
+TMP_SUFFIX = ".tmp"
+
+
+# --------------------------------------------------------------------------------- atomic save
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into ``<name>.<pid>.tmp`` beside the target, fsync, then ``os.replace``.
+
+    Lightning's default goes through an fsspec transaction whose temporary file lives in the
+    system temp folder; moving it onto another file system is a copy, and a kill during that
+    copy leaves a truncated ``last.ckpt``. A rename within one folder is atomic on POSIX.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_torch_save(checkpoint, path)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Save ``obj`` to ``path`` so that readers see the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"{path.name}.*{TMP_SUFFIX}"):  # left by a killed writer
+        if stale.name != f"{path.name}.{os.getpid()}{TMP_SUFFIX}":
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and every CUDA device) RNG states, as tensors and numbers only
+    (loadable with ``torch.load(weights_only=True)``)."""
+    version, py_state, gauss = random.getstate()
+    name, np_keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"name": name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def mix_seed(*values: int) -> int:
+    """A well-mixed 32-bit seed from several integers (seed, rank, epoch, batch)."""
+    return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------------- sampler
+class ResumableSampler(Sampler[int]):
+    """Wraps a loader's sampler: order a function of (seed, epoch), skip on resume, per-batch augment seeds.
+
+    ``RandomSampler`` (which draws a fresh seed from the global RNG every epoch) is replaced by a
+    permutation seeded with (seed, epoch); other samplers (``DistributedSampler``, sequential)
+    are already deterministic and are iterated as they are.
+    """
+
+    def __init__(self, inner: Sampler, batch_size: int, seed: int, rank: int, dataset: Any,
+                 epoch_fn: Any, reseed_augment: bool = True) -> None:
+        self.inner = inner
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.dataset = dataset
+        self.epoch_fn = epoch_fn
+        self.reseed_augment = reseed_augment
+        self.skip: tuple[int, int] | None = None  # (epoch, batches already consumed)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def _order(self, epoch: int) -> list[int]:
+        inner = self.inner
+        if isinstance(inner, RandomSampler) and not inner.replacement and inner._num_samples is None:
+            g = torch.Generator()
+            g.manual_seed(mix_seed(self.seed, epoch))
+            return torch.randperm(len(inner.data_source), generator=g).tolist()
+        return list(iter(inner))
+
+    def __iter__(self):
+        epoch = int(self.epoch_fn())
+        order = self._order(epoch)
+        start = 0
+        if self.skip is not None and self.skip[0] == epoch:
+            start = self.skip[1] * self.batch_size
+        self.skip = None
+        augment = getattr(self.dataset, "augment", None)
+        reseed = self.reseed_augment and callable(getattr(augment, "set_random_seed", None))
+        for pos in range(start, len(order)):
+            if reseed and pos % self.batch_size == 0:
+                augment.set_random_seed(mix_seed(self.seed, self.rank, epoch, pos // self.batch_size))
+            yield order[pos]
+
+
+def _train_loaders(trainer: pl.Trainer) -> list[DataLoader]:
+    combined = trainer.fit_loop._combined_loader
+    if combined is None:
+        return []
+    return [dl for dl in combined.flattened if isinstance(dl, DataLoader)]
+
+
+# --------------------------------------------------------------------------------- callback
+class ExactResume(Callback):
+    """Make a stopped-and-resumed run end where the uninterrupted run ends (see the module docstring).
+
+    Args:
+        seed: seed of the data order and augmentation streams; default the run's
+            ``seed_everything`` seed (``PL_GLOBAL_SEED``), else 0.
+        reseed_augment: re-seed ``dataset.augment`` (albumentations) before every batch.
+        save_on_signal: on SIGTERM/SIGUSR1 write ``last.ckpt`` at the next batch boundary and stop.
+    """
+
+    def __init__(self, seed: int | None = None, reseed_augment: bool = True, save_on_signal: bool = True) -> None:
+        self.seed = seed
+        self.reseed_augment = reseed_augment
+        self.save_on_signal = save_on_signal
+        self._trainer: pl.Trainer | None = None
+        self._loaded: dict[str, Any] | None = None
+        self._pending_logs: dict[str, Any] | None = None
+        self._sigusr1 = False
+        self._old_usr1: Any = None
+        self.saved_on_signal: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "ExactResume"
+
+    # --- setup / teardown ---------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._trainer = trainer
+        for m in pl_module.modules():
+            if isinstance(m, Metric):
+                m.persistent(True)  # metric accumulators travel with the checkpoint
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.save_on_signal and threading.current_thread() is threading.main_thread():
+            # Installed before Lightning registers its own SIGUSR1 handler, which would then save
+            # in the middle of a step; ours only takes note and acts at the batch boundary.
+            self._old_usr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._old_usr1 is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, self._old_usr1)
+            self._old_usr1 = None
+
+    def _on_sigusr1(self, signum: int, frame: Any) -> None:
+        self._sigusr1 = True
+
+    @property
+    def _seed(self) -> int:
+        if self.seed is not None:
+            return int(self.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    # --- training -------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loaded, self._loaded = self._loaded, None
+        resumed_mid_epoch = (loaded is not None and loaded["epoch"] == trainer.current_epoch
+                             and 0 < loaded["batches_done"] < trainer.num_training_batches)
+        installed = self._install_samplers(trainer)
+        if resumed_mid_epoch:
+            for dl in _train_loaders(trainer):
+                if isinstance(getattr(dl.batch_sampler, "sampler", None), ResumableSampler):
+                    dl.batch_sampler.sampler.skip = (loaded["epoch"], loaded["batches_done"])
+            self._pending_logs = loaded.get("logged")
+            rank_zero_info(f"ExactResume: continuing epoch {loaded['epoch']} after batch {loaded['batches_done']}")
+        if installed and trainer.fit_loop._data_fetcher is not None:
+            iter(trainer.fit_loop._data_fetcher)  # the fetcher's iterator predates the new sampler
+        if loaded is not None and loaded.get("rng") is not None:
+            set_rng_state(loaded["rng"])
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # loaders re-created during training (reload_dataloaders_every_n_epochs, e.g. a new batch size)
+        if self._install_samplers(trainer) and trainer.fit_loop._data_fetcher is not None:
+            iter(trainer.fit_loop._data_fetcher)
+
+    def _install_samplers(self, trainer: pl.Trainer) -> bool:
+        installed = False
+        for dl in _train_loaders(trainer):
+            bs = dl.batch_sampler
+            if not isinstance(bs, BatchSampler) or isinstance(bs.sampler, ResumableSampler):
+                continue
+            bs.sampler = ResumableSampler(bs.sampler, bs.batch_size, self._seed, trainer.global_rank, dl.dataset,
+                                          lambda: trainer.current_epoch, self.reseed_augment)
+            installed = True
+        return installed
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._pending_logs is not None:
+            _merge_logged(trainer, self._pending_logs)
+            self._pending_logs = None
+        if not self.save_on_signal:
+            return
+        flags = torch.tensor([float(trainer.received_sigterm), float(self._sigusr1)], device=pl_module.device)
+        flags = trainer.strategy.reduce(flags, reduce_op="sum")  # any rank signalled: all ranks save together
+        sigterm, sigusr1 = bool(flags[0] > 0), bool(flags[1] > 0)
+        if not (sigterm or sigusr1):
+            return
+        path = self._save_last(trainer)
+        rank_zero_info(f"ExactResume: {'SIGTERM' if sigterm else 'SIGUSR1'} received; saved {path} "
+                       "at the end of a batch; resume with --ckpt_path last (make train ... RESUME=1)")
+        env = trainer._accelerator_connector.cluster_environment
+        if sigusr1 and isinstance(env, SLURMEnvironment) and env.auto_requeue:
+            trainer._signal_connector._slurm_sigusr_handler_fn(signal.SIGUSR1, None)  # hpc_ckpt + scontrol requeue
+        self._sigusr1 = False
+        # Lightning stops with SIGTERMException at the end of this batch, after logging it, on every rank.
+        trainer._signal_connector.received_sigterm = True
+
+    def _save_last(self, trainer: pl.Trainer) -> str:
+        cb = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), None)
+        if cb is not None:
+            path = str(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
+        else:
+            path = str(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(path)
+        if cb is not None:
+            cb.last_model_path = path
+        self.saved_on_signal = path
+        return path
+
+    # --- checkpoint state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self._trainer
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"rng": rng_state(), "epoch": trainer.current_epoch, "batches_done": int(progress.processed),
+                "logged": _logged_accumulators(trainer), "seed": self._seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = dict(state_dict) if state_dict else None
+
+
+# --------------------------------------------------------------------------------- logged means
+def _logged_accumulators(trainer: pl.Trainer) -> dict[str, Any]:
+    """Epoch accumulators of tensors logged with ``on_epoch=True`` during training."""
+    out = {}
+    for key, rm in trainer.fit_loop.epoch_loop._results.items():
+        meta = getattr(rm, "meta", None)
+        if meta is None or not rm.is_tensor or not meta.on_epoch:
+            continue
+        reduce = ("mean" if meta.is_mean_reduction else "sum" if meta.is_sum_reduction
+                  else "max" if meta.is_max_reduction else "min" if meta.is_min_reduction else None)
+        if reduce is None:
+            continue
+        out[key] = {"reduce": reduce, "value": rm.value.detach().clone().cpu(),
+                    "cumulated_batch_size": rm.cumulated_batch_size.detach().clone().cpu()
+                    if hasattr(rm, "cumulated_batch_size") else None}
+    return out
+
+
+def _merge_logged(trainer: pl.Trainer, saved: dict[str, Any]) -> None:
+    """Add the interrupted epoch's accumulators to the freshly created ones after a resume."""
+    results = trainer.fit_loop.epoch_loop._results
+    for key, s in saved.items():
+        rm = results.get(key)
+        if rm is None:
+            continue
+        value = s["value"].to(rm.value.device, rm.value.dtype)
+        if s["reduce"] in ("mean", "sum"):
+            rm.value += value
+            if s["cumulated_batch_size"] is not None and hasattr(rm, "cumulated_batch_size"):
+                rm.cumulated_batch_size += s["cumulated_batch_size"].to(rm.cumulated_batch_size.device)
+        elif s["reduce"] == "max":
+            rm.value = torch.maximum(rm.value, value)
+        else:
+            rm.value = torch.minimum(rm.value, value)
+
+
+# --------------------------------------------------------------------------------- fault injection
+class Preempt(Callback):
+    """Rehearse a pre-emption: send a real signal to this process once training reaches a step.
+
+    ``boneage fit ... --trainer.callbacks+=boneage.resume.Preempt --trainer.callbacks.at_step=30``
+    then ``make train EXP=... RESUME=1`` shows that the job survives. Fires only in a run that
+    started before ``at_step``, so the resumed run does not stop again.
+    """
+
+    def __init__(self, at_step: int, signal_name: str = "SIGTERM") -> None:
+        if signal_name not in ("SIGTERM", "SIGUSR1", "SIGINT"):
+            raise ValueError(f"signal_name must be SIGTERM, SIGUSR1 or SIGINT, got {signal_name!r}")
+        self.at_step = at_step
+        self.signal_name = signal_name
+        self._start: int | None = None
+        self._fired = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self._fired and self._start is not None and self._start < self.at_step <= trainer.global_step:
+            self._fired = True
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
