@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 
 
@@ -50,3 +52,25 @@ def save_figure(trainer: pl.Trainer, fig, name: str) -> Path:
                 logger.experiment.add_figure(f"figures/{name}", fig, global_step=trainer.global_step)
     plt.close(fig)
     return path
+
+
+def prediction_frame(trainer: pl.Trainer, stage: str, cols: dict[str, np.ndarray],
+                     units: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The shared columns of a predictions.csv, one row per image in table order.
+
+    ``cols`` holds per-sample arrays (``index``, ``pred`` and, when labelled, ``age`` and
+    ``sex``) gathered from all ranks. Rows are sorted by index and the repeats that
+    DistributedSampler pads with are dropped; the arrays are returned in that same order, so
+    a system can add its own columns.
+    """
+    _, first = np.unique(cols["index"], return_index=True)
+    cols = {k: v[first] for k, v in cols.items()}
+    frame = pd.DataFrame({"index": cols["index"].astype(int)})
+    dm = trainer.datamodule
+    if dm is not None and hasattr(dm, "table"):
+        frame["path"] = dm.table(stage)["path"].to_numpy()[frame["index"]]
+    frame[f"pred_{units}"] = cols["pred"]
+    if "age" in cols:
+        frame[f"true_{units}"] = cols["age"]
+        frame["sex"] = np.where(cols["sex"] > 0.5, "M", "F")
+    return frame, cols

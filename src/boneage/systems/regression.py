@@ -21,7 +21,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric
 
-from boneage.systems.base import run_dir, save_figure
+from boneage.systems.base import prediction_frame, run_dir, save_figure
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
 
@@ -175,18 +175,10 @@ class AgeRegressor(pl.LightningModule):
         print(f"wrote {len(frame)} predicted bone ages ({self.age_units}) to {path}")
 
     def _prediction_frame(self, stage: str, cols: dict[str, np.ndarray]) -> pd.DataFrame:
-        order = np.argsort(cols["index"], kind="stable")
-        cols = {k: v[order] for k, v in cols.items()}
-        table = self.trainer.datamodule.table(stage) if self.trainer.datamodule else None
-        frame = pd.DataFrame({"index": cols["index"].astype(int)})
-        if table is not None:
-            frame["path"] = table["path"].to_numpy()[frame["index"]]
-        frame[f"pred_{self.age_units}"] = cols["pred"]
+        frame, cols = prediction_frame(self.trainer, stage, cols, self.age_units)
         if "age" in cols:
-            frame[f"true_{self.age_units}"] = cols["age"]
-            frame["sex"] = np.where(cols["sex"] > 0.5, "M", "F")
             frame["abs_error"] = np.abs(cols["pred"] - cols["age"])
-        return frame.drop_duplicates("index")  # DistributedSampler pads with repeats
+        return frame
 
     def group_table(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Mean absolute error by age group and sex, with counts."""

@@ -46,7 +46,7 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from boneage.losses_tjnet import AgeClasses, expected_class, tjnet_loss
-from boneage.systems.base import run_dir, save_figure
+from boneage.systems.base import prediction_frame, run_dir, save_figure
 from boneage.systems.tjnet_callbacks import AlphaPlateau
 
 YEARS_PER_UNIT = {"years": 1.0, "months": 1.0 / 12.0}
@@ -298,23 +298,15 @@ class TJNetSystem(pl.LightningModule):
         print(f"wrote {len(frame)} predicted bone ages ({self.age_units}) to {path}")
 
     def _frame(self, stage: str, cols: dict[str, np.ndarray]) -> pd.DataFrame:
-        order = np.argsort(cols["index"], kind="stable")
-        cols = {k: v[order] for k, v in cols.items()}
-        u, y = self.age_units, self.years_per_unit
-        frame = pd.DataFrame({"index": cols["index"].astype(int)})
-        dm = self.trainer.datamodule
-        if dm is not None and hasattr(dm, "table"):
-            frame["path"] = dm.table(stage)["path"].to_numpy()[frame["index"]]
-        frame[f"pred_{u}"] = cols["pred"]
+        frame, cols = prediction_frame(self.trainer, stage, cols, self.age_units)
+        y = self.years_per_unit
         frame["pred_years"] = cols["pred"] * y
         if "age" in cols:
-            frame[f"true_{u}"] = cols["age"]
             frame["age_years"] = cols["age"] * y
-            frame["sex"] = np.where(cols["sex"] > 0.5, "M", "F")
             frame["true_class"] = self.classes.to_class(torch.from_numpy(cols["age"])).numpy()
             frame["pred_class"] = cols["pred_class"].astype(int)
             frame["abs_error_years"] = np.abs(frame["pred_years"] - frame["age_years"])
-        return frame.drop_duplicates("index")  # DistributedSampler pads with repeats
+        return frame
 
     def _error_figure(self, frame: pd.DataFrame) -> None:
         from boneage.analysis.tjnet_tables import error_by_age_group
