@@ -92,6 +92,7 @@ def test_bench_runs_tiny_and_writes_table_and_json(tmp_path):
     res = bench.main(["--out", str(out), "--families", "regressor,tjnet", "--image-size", "64", "--batch", "4",
                       "--warmup", "1", "--block", "2", "--blocks", "2", "--fixed-batches", "2",
                       "--n-images", "30", "--phantom-size", "96", "--workers", "0", "--data-repeats", "1",
+                      "--large-phantom-size", "160", "--large-n-images", "10",
                       "--breakdown", "never"])
     saved = json.loads((out / "results.json").read_text())
     table = (out / "results.md").read_text()
@@ -107,11 +108,19 @@ def test_bench_runs_tiny_and_writes_table_and_json(tmp_path):
         assert "ModelCheckpoint" in fam["callbacks"]
         assert f"| {fam['family']} | {fam['network']}" in table
     assert set(saved["options"]["arms"]) == {"default", "channels_last"}
-    paths = [r["path"] for r in saved["data"]["rows"]]
+    demo, large = saved["data"]["sets"]
+    assert large["source_size"][0] > demo["source_size"][0] and large["images"] == 8  # 80% of 10 train
+    paths = [r["path"] for r in demo["rows"]]
     assert any("cv2.imread" in p for p in paths) and any(p.startswith("warm") for p in paths)
     assert any(p.startswith("cold: use_cache=False") for p in paths)
-    for row in saved["data"]["rows"]:
-        assert row["limit_over_rate"] == pytest.approx(saved["data"]["rows"][0]["images_per_s"] / row["images_per_s"])
+    assert not any(r["path"].startswith("warm") for r in large["rows"])
+    for row in demo["rows"] + large["rows"]:
+        # each rate is compared with the decode limit at its own worker count
+        limit = next(r for r in demo["rows"] if r["path"].endswith("(the limit)") and r["workers"] == row["workers"])
+        if row in large["rows"]:
+            limit = next(r for r in large["rows"] if r["path"].endswith("(the limit)")
+                         and r["workers"] == row["workers"])
+        assert row["limit_over_rate"] == pytest.approx(limit["images_per_s"] / row["images_per_s"])
         assert f"| {row['path']} | {row['workers']} |" in table
     assert res["machine"]["cpu"] in table
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import data_modules.base as base
-from data_modules.base import DataError
+from data_modules.base import DataError, resize_gray
 from data_modules.rsna import RSNADataModule
 
 
@@ -131,3 +131,26 @@ def test_augmentation_changes_training_images_only(rsna_phantom):
     raw = train.cache.array[0].astype(np.float32) / 127.5 - 1
     assert np.allclose(train[0]["image"][0].numpy(), raw[:, ::-1], atol=1e-5)
     assert np.allclose(val[0]["image"][0].numpy(), val.cache.array[0].astype(np.float32) / 127.5 - 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("src", [(1911, 1456), (273, 208), (130, 97), (64, 64), (50, 300)])
+def test_resize_keeps_size_geometry_and_averages(src):
+    """The two-step shrink gives the exact letterboxed size, keeps a feature where the
+    letterbox puts it (within a pixel), and averages a fine checkerboard to flat gray
+    instead of aliasing it."""
+    h, w = src
+    img = np.zeros(src, np.uint8)
+    img[h // 4:h // 2, w // 4:w // 2] = 255  # a bright block in the upper-left quarter
+    out = resize_gray(img, (128, 128), keep_aspect=True)
+    assert out.shape == (128, 128) and out.dtype == np.uint8
+    scale = min(128 / h, 128 / w)
+    nh, nw = round(h * scale), round(w * scale)
+    top, left = (128 - nh) // 2, (128 - nw) // 2
+    rows, cols = np.nonzero(out > 127)
+    assert abs(rows.min() - (top + nh / 4)) <= 1.5 and abs(rows.max() + 1 - (top + nh / 2)) <= 1.5
+    assert abs(cols.min() - (left + nw / 4)) <= 1.5 and abs(cols.max() + 1 - (left + nw / 2)) <= 1.5
+    assert resize_gray(img, (40, 60), keep_aspect=False).shape == (40, 60)
+    if min(h, w) >= 256:
+        board = ((np.indices(src).sum(0) % 2) * 255).astype(np.uint8)
+        flat = resize_gray(board, (64, 64), keep_aspect=False)
+        assert abs(float(flat.mean()) - 127.5) < 3 and flat.std() < 10

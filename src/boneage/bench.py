@@ -765,12 +765,49 @@ def ensure_data(data_dir: Path, n: int, size: int) -> Path:
     if (data_dir / "boneage-training-dataset.csv").is_file() and not (data_dir / "phantom.json").is_file():
         return data_dir  # real RSNA data
     meta = read_metadata(data_dir)
-    if meta is None or meta.get("n") != n:
+    if meta is None or meta.get("n") != n or meta.get("extra", {}).get("size") != size:
         if data_dir.exists():
             shutil.rmtree(data_dir)
         print(f"rendering a {n}-image RSNA phantom at {size} px into {data_dir}")
         render(data_dir, n=n, seed=0, size=size, progress_bar=True)
     return data_dir
+
+
+class DecodeOnly(Dataset):
+    """PNG decode and nothing else: through a DataLoader, the limit of a loader with as many workers."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> int:
+        import cv2
+
+        img = cv2.imread(self.paths[i], cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise ValueError(f"cannot decode {self.paths[i]}")
+        return img.shape[0]
+
+
+def _epochs_rate(loader: Any, epochs: int) -> float:
+    """Images/s of a loader after one untimed epoch (worker start, OS file cache)."""
+    for _ in loader:
+        pass
+    t0, n = time.perf_counter(), 0
+    for _ in range(epochs):
+        for batch in loader:
+            n += len(batch["age"]) if isinstance(batch, dict) else len(batch)
+    rate = n / (time.perf_counter() - t0)
+    if getattr(loader, "_iterator", None) is not None:
+        loader._iterator._shutdown_workers()  # persistent workers: end them now
+    return rate
+
+
+def _decode_rate(paths: list[str], workers: int, batch: int, epochs: int) -> float:
+    loader = DataLoader(DecodeOnly(paths), batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
+    return _epochs_rate(loader, epochs)
 
 
 def _rate(fn: Callable[[], int]) -> float:
@@ -795,65 +832,80 @@ def _decode_all(paths: list[str], how: str) -> int:
     return len(paths)
 
 
-def _loader_rate(dm: Any, epochs: int) -> float:
-    """Images/s of the training loader after one untimed epoch (worker start, OS file cache)."""
-    loader = dm.train_dataloader()
-    for _ in loader:
-        pass
-    t0, n = time.perf_counter(), 0
-    for _ in range(epochs):
-        for batch in loader:
-            n += len(batch["age"])
-    rate = n / (time.perf_counter() - t0)
-    if getattr(loader, "_iterator", None) is not None:
-        loader._iterator._shutdown_workers()  # persistent workers: end them now
-    return rate
-
-
-def run_data(first: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Loader images/s (cold, cache build, warm) per worker count against the decode limit."""
+def measure_loading(data_dir: Path, src: Any, args: argparse.Namespace, cache_dir: Path, repeats: int,
+                    warm: bool = True) -> dict[str, Any]:
+    """Loader images/s of one RSNA folder: the decode limit per worker count (a DataLoader that only
+    decodes, with as many workers), the cache build, the cold loader and, with ``warm``, the cached one."""
     from data_modules.base import ImageCache
     from data_modules.rsna import RSNADataModule
 
-    src = first["_private"]["datamodule"]
-    common = {"data_dir": str(args.data_dir), "image_size": src.image_size, "keep_aspect": src.keep_aspect,
-              "batch_size": src.batch_size, "augment": src.augment_spec,
-              "cache_dir": str(Path(args.out) / "cache")}
-    paths = src.table("train")["path"].tolist()
-    raw = {"cv2": [], "PIL": []}
-    build, cold, warm = [], {w: [] for w in args.workers}, {w: [] for w in args.workers}
-    _decode_all(paths, "cv2")  # OS file cache warm for every measurement below
-    for r in range(args.data_repeats):
-        for how in raw:
-            raw[how].append(_rate(lambda how=how: _decode_all(paths, how)))
+    common = {"data_dir": str(data_dir), "image_size": src.image_size, "keep_aspect": src.keep_aspect,
+              "batch_size": src.batch_size, "augment": src.augment_spec, "cache_dir": str(cache_dir)}
+    probe = RSNADataModule(**common, use_cache=False)
+    probe.setup("fit")
+    paths = probe.table("train")["path"].tolist()
+    sizes = {}
+    with contextlib.suppress(Exception):
+        from PIL import Image
+
+        with Image.open(paths[0]) as im:
+            sizes = {"source_size": [im.height, im.width], "source_mode": im.mode}
+    raw_pil: list[float] = []
+    limit = {w: [] for w in args.workers}
+    build: list[float] = []
+    cold = {w: [] for w in args.workers}
+    hot = {w: [] for w in args.workers}
+    for r in range(repeats):
+        raw_pil.append(_rate(lambda: _decode_all(paths, "PIL")))
         fresh = Path(tempfile.mkdtemp(prefix="cache", dir=args.out))
         cache = ImageCache(paths, src.image_size, src.keep_aspect, fresh, src.crop)
         build.append(_rate(lambda cache=cache: (cache.build(progress=False), len(paths))[1]))
         shutil.rmtree(fresh)
         for w in args.workers:
-            for use_cache, out in ((False, cold), (True, warm)):
+            limit[w].append(_decode_rate(paths, w, src.batch_size, args.data_epochs))
+            for use_cache, out in ((False, cold), (True, hot)) if warm else ((False, cold),):
                 dm = RSNADataModule(**common, num_workers=w, use_cache=use_cache)
                 dm.setup("fit")
-                out[w].append(_loader_rate(dm, args.data_epochs))
-        print(f"data loading: round {r + 1}/{args.data_repeats} done")
+                out[w].append(_epochs_rate(dm.train_dataloader(), args.data_epochs))
+        print(f"data loading ({data_dir.name}): round {r + 1}/{repeats} done")
     med = statistics.median
-    limit = med(raw["cv2"])
-    consumption = first["framework"]["images_per_s"]
-    rows = [{"path": "raw PNG decode, cv2.imread (the limit)", "workers": 0, "images_per_s": limit},
-            {"path": "raw PNG decode, PIL", "workers": 0, "images_per_s": med(raw["PIL"])},
-            {"path": "cold: cache build of a fresh cache_dir (decode + resize)", "workers": 0,
-             "images_per_s": med(build)}]
+    rows = []
+    for w in args.workers:
+        rows.append({"path": "raw PNG decode, cv2.imread (the limit)", "workers": w, "images_per_s": med(limit[w]),
+                     "limit": med(limit[w])})
+    rows.append({"path": "raw PNG decode, PIL", "workers": 0, "images_per_s": med(raw_pil), "limit": med(limit[0])
+                 if 0 in limit else None})
+    if 0 in limit:
+        rows.append({"path": "cold: cache build of a fresh cache_dir (decode + resize)", "workers": 0,
+                     "images_per_s": med(build), "limit": med(limit[0])})
     rows += [{"path": "cold: use_cache=False (decode + resize + augment)", "workers": w,
-              "images_per_s": med(cold[w])} for w in args.workers]
-    rows += [{"path": "warm: cached uint8 (augment)", "workers": w, "images_per_s": med(warm[w])}
-             for w in args.workers]
+              "images_per_s": med(cold[w]), "limit": med(limit[w])} for w in args.workers]
+    if warm:
+        rows += [{"path": "warm: cached uint8 (augment)", "workers": w, "images_per_s": med(hot[w]),
+                  "limit": med(limit[w])} for w in args.workers]
     for row in rows:
-        row["limit_over_rate"] = limit / row["images_per_s"]
-        row["rate_over_consumption"] = row["images_per_s"] / consumption
-    return {"images": len(paths), "image_size": list(src.image_size), "batch": src.batch_size,
-            "augment": src.augment_spec, "repeats": args.data_repeats, "epochs_timed": args.data_epochs,
-            "consumption_images_per_s": consumption, "consumption_of": f"{first['family']} framework arm",
-            "rows": rows, "raw_s": {"cv2": raw["cv2"], "PIL": raw["PIL"], "build": build}}
+        row["limit_over_rate"] = None if row["limit"] is None else row["limit"] / row["images_per_s"]
+    return {"data_dir": str(data_dir), "images": len(paths), **sizes, "repeats": repeats, "rows": rows,
+            "raw": {"limit": limit, "PIL": raw_pil, "build": build, "cold": cold, "warm": hot}}
+
+
+def run_data(first: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Loader images/s (cold, cache build, warm) per worker count against the decode limit, on the
+    demo-size phantom and, with ``--large-phantom-size``, on radiograph-size images."""
+    src = first["_private"]["datamodule"]
+    consumption = first["framework"]["images_per_s"]
+    _decode_all(src.table("train")["path"].tolist(), "cv2")  # OS file cache warm for what follows
+    sets = [measure_loading(Path(args.data_dir), src, args, Path(args.out) / "cache", args.data_repeats)]
+    if args.large_phantom_size:
+        large = ensure_data(Path(args.out) / "data" / f"rsna_{args.large_phantom_size}px", args.large_n_images,
+                            args.large_phantom_size)
+        sets.append(measure_loading(large, src, args, Path(args.out) / "cache_large", 1, warm=False))
+    for d in sets:
+        for row in d["rows"]:
+            row["rate_over_consumption"] = row["images_per_s"] / consumption
+    return {"image_size": list(src.image_size), "batch": src.batch_size, "augment": src.augment_spec,
+            "epochs_timed": args.data_epochs, "consumption_images_per_s": consumption,
+            "consumption_of": f"{first['family']} framework arm", "sets": sets}
 
 
 # --------------------------------------------------------------------------------------------
@@ -933,16 +985,22 @@ def markdown(res: dict[str, Any]) -> str:
         d = res["data"]
         lines += [
             "", "## Data loading: RSNA DataModule training loader", "",
-            f"{d['images']} training images, {d['image_size'][0]}x{d['image_size'][1]}, batch {d['batch']}, "
-            f"the experiment's augmentation; median of {d['repeats']} rounds, {d['epochs_timed']} timed epoch(s) "
-            "after an untimed one (OS file cache warm everywhere: 'cold' means the decoded-image cache). "
-            f"Model consumption: {_f(d['consumption_images_per_s'])} images/s ({d['consumption_of']}).",
-            "", "| path | workers | images/s | ms/image | decode limit / rate | rate / model consumption |",
-            "|---|---|---|---|---|---|"]
-        for row in d["rows"]:
-            lines.append(f"| {row['path']} | {row['workers']} | {_f(row['images_per_s'])} "
-                         f"| {_f(1e3 / row['images_per_s'], 2)} "
-                         f"| {_f(row['limit_over_rate'], 2)} | {_f(row['rate_over_consumption'], 2)} |")
+            f"Images resized to {d['image_size'][0]}x{d['image_size'][1]}, batch {d['batch']}, the experiment's "
+            f"augmentation; {d['epochs_timed']} timed epoch(s) after an untimed one (OS file cache warm everywhere: "
+            "'cold' means no decoded-image cache). The limit of each row is the PNG decode rate through a "
+            "DataLoader with the same number of workers. "
+            f"Model consumption: {_f(d['consumption_images_per_s'])} images/s ({d['consumption_of']})."]
+        for s in d["sets"]:
+            src = (f"{s['source_size'][0]}x{s['source_size'][1]} {s.get('source_mode', '')} PNGs"
+                   if "source_size" in s else "PNGs")
+            lines += ["", f"{s['images']} training images from {s['data_dir']} ({src}), median of "
+                      f"{s['repeats']} round(s).", "",
+                      "| path | workers | images/s | ms/image | decode limit / rate | rate / model consumption |",
+                      "|---|---|---|---|---|---|"]
+            for row in s["rows"]:
+                lines.append(f"| {row['path']} | {row['workers']} | {_f(row['images_per_s'])} "
+                             f"| {_f(1e3 / row['images_per_s'], 2)} "
+                             f"| {_f(row['limit_over_rate'], 2)} | {_f(row['rate_over_consumption'], 2)} |")
     lines += ["", "Targets: ratio <= 1.05 for every family; warm loader >= 5x the model's consumption; cold path "
               "within 1.5x of the raw decode limit (decode limit / rate <= 1.5).", ""]
     return "\n".join(lines)
@@ -984,6 +1042,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="RSNA folder (default: a phantom in <out>/data/rsna)")
     p.add_argument("--n-images", type=int, default=320, help="phantom images when rendering one")
     p.add_argument("--phantom-size", type=int, default=256, help="phantom image height (the demo's: 256)")
+    p.add_argument("--large-phantom-size", type=int, default=2048,
+                   help="also time the cold path on phantom radiographs of this height (RSNA's are 1500-2500 px); "
+                        "0 skips it")
+    p.add_argument("--large-n-images", type=int, default=60, help="images of the large phantom")
     p.add_argument("--data-repeats", type=int, default=3)
     p.add_argument("--data-epochs", type=int, default=1)
     args = p.parse_args(argv)

@@ -115,14 +115,15 @@ class AgeGroupLocalizer(pl.LightningModule):
         logits = self.network(batch["image"])
         target = self.age_group(batch["age"])
         loss = F.cross_entropy(logits, target)
+        # Update here, log once per epoch (_log_epoch): per-step self.log of metric objects
+        # costs more than a small model's step (make bench found it).
         getattr(self, f"{stage}_metrics").update(logits.detach(), target)
         getattr(self, f"{stage}_loss").update(loss.detach())
-        n = len(target)
-        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True,
-                 prog_bar=stage == "train", batch_size=n)
-        self.log_dict(getattr(self, f"{stage}_metrics"), on_step=False, on_epoch=True,
-                      prog_bar=stage == "val", batch_size=n)
         return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage == "train")
+        self.log_dict(getattr(self, f"{stage}_metrics"), prog_bar=stage == "val")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, "train")
@@ -136,7 +137,14 @@ class AgeGroupLocalizer(pl.LightningModule):
     def on_train_start(self) -> None:
         self.val_acc_best.reset()
 
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
     def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
         self.val_acc_best(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 

@@ -222,21 +222,15 @@ class TJNetSystem(pl.LightningModule):
         pred = self.age_from_logits(age_logits.detach())
         age = batch["age"].float()
         n = len(age)
+        # Update here, log once per epoch (_log_epoch): self.log of metric objects on every step
+        # costs more than a small model's step (make bench found it).
         getattr(self, f"{stage}_metrics").update(pred, age)
         getattr(self, f"{stage}_years").update(pred * self.years_per_unit, age * self.years_per_unit)
         getattr(self, f"{stage}_acc").update(age_logits.detach().argmax(1), target)
         getattr(self, f"{stage}_loss").update(parts["loss"].detach())
-        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True,
-                 prog_bar=stage == "train", batch_size=n)
-        self.log_dict(getattr(self, f"{stage}_metrics"), on_step=False, on_epoch=True,
-                      prog_bar=stage == "val", batch_size=n)
-        self.log_dict(getattr(self, f"{stage}_years"), on_step=False, on_epoch=True, batch_size=n)
-        self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), on_step=False, on_epoch=True, batch_size=n)
         if stage == "train":
             self.train_ce.update(parts["age_ce"] + parts["sex_ce"])
             self.train_mad_cls.update(parts["mad"])
-            self.log("train/ce", self.train_ce, on_step=False, on_epoch=True, batch_size=n)
-            self.log("train/mad_cls", self.train_mad_cls, on_step=False, on_epoch=True, batch_size=n)
         return {"loss": parts["loss"], "pred": pred, "pred_class": age_logits.detach().argmax(1)}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -245,7 +239,29 @@ class TJNetSystem(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.model_step(batch, "val")
 
+    def _log_epoch(self, stage: str) -> None:
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage == "train")
+        self.log_dict(getattr(self, f"{stage}_metrics"), prog_bar=stage == "val")
+        self.log_dict(getattr(self, f"{stage}_years"))
+        self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"))
+        if stage == "train":
+            self.log("train/ce", self.train_ce)
+            self.log("train/mad_cls", self.train_mad_cls)
+
+    def epoch_value(self, key: str) -> float | None:
+        """This epoch's value of a train metric so far, before it is logged (for AlphaPlateau,
+        whose epoch-end hook Lightning runs before the module's ``on_train_epoch_end``)."""
+        metric = {"train/ce": self.train_ce, "train/mad_cls": self.train_mad_cls, "train/loss": self.train_loss,
+                  "train/acc": self.train_acc}.get(key)
+        if metric is None or not metric.update_called:
+            return None
+        return float(metric.compute())
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
     def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
         if self.trainer.sanity_checking:
             return
         self.val_mae_best(self.val_metrics["mae"].compute())
@@ -271,6 +287,7 @@ class TJNetSystem(pl.LightningModule):
         self._outputs, self._heat_batch = [], None
 
     def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
         if not self._outputs:
             return
         cols = {k: torch.cat([o[k] for o in self._outputs]) for k in self._outputs[0]}

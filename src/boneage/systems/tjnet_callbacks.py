@@ -71,7 +71,12 @@ class AlphaPlateau(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metric = trainer.callback_metrics.get(self.monitor)
+        # A system that logs its train metrics in its own on_train_epoch_end (run after this hook)
+        # hands the epoch's value over through epoch_value(); others have logged it by now.
+        reader = getattr(pl_module, "epoch_value", None)
+        metric = reader(self.monitor) if reader is not None else None
+        if metric is None:
+            metric = trainer.callback_metrics.get(self.monitor)
         if metric is None and self.switched_epoch is None:
             raise KeyError(f"AlphaPlateau monitors '{self.monitor}', which the system did not log; "
                            f"logged: {sorted(trainer.callback_metrics)}")
