@@ -221,7 +221,6 @@ class TJNetSystem(pl.LightningModule):
                            None if sex_logits is None else sex_logits.float(), batch["sex"])
         pred = self.age_from_logits(age_logits.detach())
         age = batch["age"].float()
-        n = len(age)
         # Update here, log once per epoch (_log_epoch): self.log of metric objects on every step
         # costs more than a small model's step (make bench found it).
         getattr(self, f"{stage}_metrics").update(pred, age)
