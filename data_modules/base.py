@@ -17,6 +17,7 @@ small phantom of it (``phantom_args``). This base owns the rest:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -139,22 +140,34 @@ class ImageCache:
             img = img[img.shape[0] // 2:]
         return resize_gray(img, self.size, self.keep_aspect)
 
-    def build(self, progress: bool = True) -> None:
-        """Decode and resize every image once; a finished cache is reused as it is."""
+    def build(self, progress: bool = True, workers: int = 0) -> None:
+        """Decode and resize every image once, in ``workers`` processes (0: this one); a finished
+        cache is reused as it is."""
         if self.file.is_file():
             return
         self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_suffix(f".tmp{os.getpid()}.npy")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.size))
-        it = range(len(self.paths))
+        chunk = 16
+        loader = DataLoader(_Decoded(self), batch_size=chunk, num_workers=workers, collate_fn=np.stack,
+                            worker_init_fn=opencv_single_thread)
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(it, desc=f"caching {len(self.paths)} images at {self.size[0]}x{self.size[1]}",
-                      unit="img", leave=False)
-        for i in it:
-            arr[i] = self.preprocess(read_gray(self.paths[i]))
-        arr.flush()
+            loader = tqdm(loader, desc=f"caching {len(self.paths)} images at {self.size[0]}x{self.size[1]}",
+                          unit=f"{chunk} img", leave=False)
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            for k, images in enumerate(loader):
+                arr[k * chunk:k * chunk + len(images)] = images
+            arr.flush()
+        except BaseException:
+            del arr
+            tmp.unlink(missing_ok=True)  # a bad file stops the build: leave no half cache behind
+            raise
+        finally:
+            cv2.setNumThreads(threads)
         del arr
         os.replace(tmp, self.file)  # atomic: a killed build never leaves a half cache behind
         if progress:
@@ -170,6 +183,26 @@ class ImageCache:
         state = dict(self.__dict__)
         state["_array"] = None
         return state
+
+
+class _Decoded(Dataset):
+    """The decoded, preprocessed images of a cache's file list, in order (for building it)."""
+
+    def __init__(self, cache: ImageCache) -> None:
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.cache.preprocess(read_gray(self.cache.paths[i]))
+
+
+def opencv_single_thread(worker_id: int = 0) -> None:
+    """Loader workers run OpenCV on one thread: the workers are the parallelism, and OpenCV's own
+    threads on small images cost more than they give (a 2185x1669 resize: 6.1 ms on 2 threads
+    against 1.9 ms on one, on this 2-core machine)."""
+    cv2.setNumThreads(1)
 
 
 class ImageTableDataset(Dataset):
@@ -278,14 +311,14 @@ class ImageTableDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         # One process builds the caches; the others find them in setup.
         for table in self._split(self._checked_table()).values():
-            self._cache_for(table).build()
+            self._cache_for(table).build(workers=self.num_workers)
 
     def setup(self, stage: str | None = None) -> None:
         if not self._tables:
             self._tables = self._split(self._checked_table())
             for name, table in self._tables.items():
                 cache = self._cache_for(table)
-                cache.build()  # no-op when prepare_data (or an earlier run) built it
+                cache.build(workers=self.num_workers)  # no-op when prepare_data (or an earlier run) built it
                 augment = self.augment if name == "train" else None
                 self._datasets[name] = ImageTableDataset(table, cache, augment, self.use_cache)
         if stage == "predict" and self.predict_dir is not None and "predict" not in self._datasets:
@@ -304,6 +337,22 @@ class ImageTableDataModule(pl.LightningDataModule):
         if stage == "predict" and "predict" not in self._tables:
             stage = "test"
         return self._tables[stage]
+
+    def dataset(self, stage: str, augment: bool = True) -> ImageTableDataset:
+        """The Dataset of a split (``train``, ``val``, ``test``, ``predict``); ``augment=False``
+        gives the training split as evaluation sees it (a copy without augmentation)."""
+        name = {"fit": "train", "validate": "val"}.get(stage, stage)
+        if name not in self._datasets:
+            self.setup("predict" if name == "predict" else None)
+        if name == "predict" and "predict" not in self._datasets:
+            name = "test"
+        if name not in self._datasets:
+            raise KeyError(f"no {stage!r} split; splits: {sorted(self._datasets)}")
+        ds = self._datasets[name]
+        if not augment and ds.augment is not None:
+            ds = copy.copy(ds)
+            ds.augment = None
+        return ds
 
     def age_stats(self) -> tuple[float, float]:
         """Mean and standard deviation of the training labels (for target standardisation)."""
@@ -370,7 +419,7 @@ class ImageTableDataModule(pl.LightningDataModule):
         dataset = self._datasets[stage]
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                          drop_last=shuffle and len(dataset) > self.batch_size)
+                          worker_init_fn=opencv_single_thread, drop_last=shuffle and len(dataset) > self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

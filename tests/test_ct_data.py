@@ -39,11 +39,11 @@ def test_random_crop_for_training_centre_crop_for_evaluation_and_standardised(ct
     train = next(iter(dm.train_dataloader()))
     assert train["image"].shape == (8, 1, 32, 32)
     val = dm.val_dataloader().dataset[0]["image"]
-    full = dm._datasets["val"].cache.array[0]
+    full = dm.dataset("val").cache.array[0]
     expect = full[4:36, 4:36].astype(np.float32) / 127.5 - 1.0  # centre 32 of 40
     np.testing.assert_allclose(val[0].numpy(), expect, atol=1e-6)
     # paper: zero mean, unit variance with the training images' statistics
-    pixels = np.asarray(dm._datasets["train"].cache.array, np.float64) / 127.5 - 1.0
+    pixels = np.asarray(dm.dataset("train").cache.array, np.float64) / 127.5 - 1.0
     assert dm.pixel_mean == pytest.approx(pixels.mean(), abs=1e-6)
     assert dm.pixel_std == pytest.approx(pixels.std(), rel=1e-5)
     image = torch.from_numpy(full[None, None].astype(np.float32) / 127.5 - 1.0)
@@ -61,7 +61,7 @@ def test_upper_and_lower_body_are_the_halves_of_the_image_rows(ct_phantom, tmp_p
     path = upper.table("train")["path"][0]
     img = read_gray(path)
     h = img.shape[0] // 2
-    upper_img, lower_img = upper._datasets["train"].cache.array[0], lower._datasets["train"].cache.array[0]
+    upper_img, lower_img = upper.dataset("train").cache.array[0], lower.dataset("train").cache.array[0]
     np.testing.assert_array_equal(upper_img, resize_gray(img[:h], (40, 40), False))
     np.testing.assert_array_equal(lower_img, resize_gray(img[h:], (40, 40), False))
 

@@ -17,7 +17,8 @@ from data_modules.rsna import RSNADataModule
 def make(root, **kw) -> RSNADataModule:
     kw.setdefault("image_size", (64, 64))
     kw.setdefault("batch_size", 8)
-    return RSNADataModule(data_dir=str(root), cache_dir=str(root / ".cache"), **kw)
+    kw.setdefault("cache_dir", str(root / ".cache"))
+    return RSNADataModule(data_dir=str(root), **kw)
 
 
 @pytest.fixture
@@ -119,6 +120,24 @@ def test_unreadable_image_names_the_file(phantom_copy):
         make(phantom_copy).setup("fit")
 
 
+def test_cache_built_by_worker_processes_is_the_same(phantom_copy, tmp_path):
+    """num_workers decode the cache in parallel, into the same array as one process."""
+    one = make(phantom_copy, cache_dir=str(tmp_path / "one"))
+    two = make(phantom_copy, cache_dir=str(tmp_path / "two"), num_workers=2)
+    one.setup("fit")
+    two.setup("fit")
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(one.dataset(split).cache.array, two.dataset(split).cache.array)
+
+
+def test_unreadable_image_in_a_worker_names_the_file_and_leaves_no_cache(phantom_copy):
+    victim = sorted((phantom_copy / "boneage-training-dataset").glob("*.png"))[5]
+    victim.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=f"cannot decode image .*{victim.name}"):
+        make(phantom_copy, num_workers=2).setup("fit")
+    assert not list((phantom_copy / ".cache").glob("*.npy"))
+
+
 def test_unknown_augmentation_is_rejected_at_construction(rsna_phantom):
     with pytest.raises(ValueError, match="unknown albumentations transform 'Flipp'"):
         make(rsna_phantom, augment=[{"Flipp": {"p": 0.5}}])
@@ -127,10 +146,13 @@ def test_unknown_augmentation_is_rejected_at_construction(rsna_phantom):
 def test_augmentation_changes_training_images_only(rsna_phantom):
     dm = make(rsna_phantom, augment=[{"HorizontalFlip": {"p": 1.0}}])
     dm.setup("fit")
-    train, val = dm._datasets["train"], dm._datasets["val"]
+    train, val = dm.dataset("train"), dm.dataset("val")
     raw = train.cache.array[0].astype(np.float32) / 127.5 - 1
     assert np.allclose(train[0]["image"][0].numpy(), raw[:, ::-1], atol=1e-5)
     assert np.allclose(val[0]["image"][0].numpy(), val.cache.array[0].astype(np.float32) / 127.5 - 1, atol=1e-5)
+    plain = dm.dataset("train", augment=False)  # the training images as evaluation sees them
+    assert np.allclose(plain[0]["image"][0].numpy(), raw, atol=1e-5)
+    assert dm.dataset("train") is train and train.augment is not None  # the loader's copy is untouched
 
 
 @pytest.mark.parametrize("src", [(1911, 1456), (273, 208), (130, 97), (64, 64), (50, 300)])

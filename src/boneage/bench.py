@@ -806,7 +806,10 @@ def _epochs_rate(loader: Any, epochs: int) -> float:
 
 
 def _decode_rate(paths: list[str], workers: int, batch: int, epochs: int) -> float:
-    loader = DataLoader(DecodeOnly(paths), batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
+    from data_modules.base import opencv_single_thread
+
+    loader = DataLoader(DecodeOnly(paths), batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
+                        worker_init_fn=opencv_single_thread)
     return _epochs_rate(loader, epochs)
 
 
@@ -852,16 +855,16 @@ def measure_loading(data_dir: Path, src: Any, args: argparse.Namespace, cache_di
             sizes = {"source_size": [im.height, im.width], "source_mode": im.mode}
     raw_pil: list[float] = []
     limit = {w: [] for w in args.workers}
-    build: list[float] = []
+    build = {w: [] for w in args.workers}
     cold = {w: [] for w in args.workers}
     hot = {w: [] for w in args.workers}
     for r in range(repeats):
         raw_pil.append(_rate(lambda: _decode_all(paths, "PIL")))
-        fresh = Path(tempfile.mkdtemp(prefix="cache", dir=args.out))
-        cache = ImageCache(paths, src.image_size, src.keep_aspect, fresh, src.crop)
-        build.append(_rate(lambda cache=cache: (cache.build(progress=False), len(paths))[1]))
-        shutil.rmtree(fresh)
         for w in args.workers:
+            fresh = Path(tempfile.mkdtemp(prefix="cache", dir=args.out))
+            cache = ImageCache(paths, src.image_size, src.keep_aspect, fresh, src.crop)
+            build[w].append(_rate(lambda cache=cache, w=w: (cache.build(progress=False, workers=w), len(paths))[1]))
+            shutil.rmtree(fresh)
             limit[w].append(_decode_rate(paths, w, src.batch_size, args.data_epochs))
             for use_cache, out in ((False, cold), (True, hot)) if warm else ((False, cold),):
                 dm = RSNADataModule(**common, num_workers=w, use_cache=use_cache)
@@ -875,9 +878,8 @@ def measure_loading(data_dir: Path, src: Any, args: argparse.Namespace, cache_di
                      "limit": med(limit[w])})
     rows.append({"path": "raw PNG decode, PIL", "workers": 0, "images_per_s": med(raw_pil), "limit": med(limit[0])
                  if 0 in limit else None})
-    if 0 in limit:
-        rows.append({"path": "cold: cache build of a fresh cache_dir (decode + resize)", "workers": 0,
-                     "images_per_s": med(build), "limit": med(limit[0])})
+    rows += [{"path": "cold: cache build of a fresh cache_dir (decode + resize)", "workers": w,
+              "images_per_s": med(build[w]), "limit": med(limit[w])} for w in args.workers]
     rows += [{"path": "cold: use_cache=False (decode + resize + augment)", "workers": w,
               "images_per_s": med(cold[w]), "limit": med(limit[w])} for w in args.workers]
     if warm:

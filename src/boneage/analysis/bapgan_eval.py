@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -61,9 +60,7 @@ def load_experiment(config: str | Path, ckpt: str = "best", runs_dir: str = "lig
 
 def _plain(dm, split: str):
     """The split's dataset without training augmentation (evaluation sees the images as they are)."""
-    ds = copy.copy(dm._datasets[split])   # base DataModule keeps datasets per split
-    ds.augment = None
-    return ds
+    return dm.dataset(split, augment=False)
 
 
 def _labels(system, age: torch.Tensor) -> torch.Tensor:

@@ -537,8 +537,7 @@ def step_lasso(shards: str | Path, out: str | Path, cv: int = 10, seed: int = 0,
 def _real_set(dm, regressor, regressor_size, thumb_size: int, batch_size: int = 64):
     """Training images as thumbnails, their true ages and the regressor's penultimate features."""
     table = dm.table("train")
-    cache = dm._datasets["train"].cache if hasattr(dm, "_datasets") else None
-    arr = np.asarray(cache.array) if cache is not None else None
+    arr = np.asarray(dm.dataset("train").cache.array)  # decoded, resized, not augmented
     thumbs, feats = [], []
     for s in range(0, len(table), batch_size):
         x = torch.from_numpy(arr[s: s + batch_size].astype(np.float32)).unsqueeze(1) / 127.5 - 1.0
@@ -711,15 +710,13 @@ def step_regressor_errors(regressor_ckpt: str, regressor_configs: list[str], out
     per_year = 12.0 if units == "months" else 1.0
     rows, summary = [], {"units": units}
     for split in ("train", "test"):
-        ds = dm._datasets[split]
-        ds_aug, ds.augment = ds.augment, None  # in-bag error without augmentation
+        ds = dm.dataset(split, augment=False)  # in-bag error without augmentation
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
         preds, trues = [], []
         for batch in loader:
             sex = batch["sex"] if getattr(regressor.network, "use_sex", False) else None
             preds.append(regressor(batch["image"], sex).float().numpy())
             trues.append(batch["age"].numpy())
-        ds.augment = ds_aug
         p, t = np.concatenate(preds), np.concatenate(trues)
         err = np.abs(p - t)
         summary[f"{split}_mae"] = float(err.mean())
