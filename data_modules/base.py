@@ -35,6 +35,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from boneage.phantoms.common import read_metadata
 
+# OpenCV without its own thread pool, for the life of the process. Loader workers are the
+# parallelism; OpenCV threads in a process that then forks workers can deadlock a worker, and on
+# the small images of a loader they cost more than they give (a 2185x1669 -> 128 px resize:
+# 6.1 ms on 2 threads, 1.9 ms on one, 2-core machine). The usual setting for PyTorch loaders.
+cv2.setNumThreads(0)
+
 STAGES = ("train", "val", "test", "predict")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -149,15 +155,12 @@ class ImageCache:
         tmp = self.file.with_suffix(f".tmp{os.getpid()}.npy")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.size))
         chunk = 16
-        loader = DataLoader(_Decoded(self), batch_size=chunk, num_workers=workers, collate_fn=np.stack,
-                            worker_init_fn=opencv_single_thread)
+        loader = DataLoader(_Decoded(self), batch_size=chunk, num_workers=workers, collate_fn=np.stack)
         if progress:
             from tqdm.auto import tqdm
 
             loader = tqdm(loader, desc=f"caching {len(self.paths)} images at {self.size[0]}x{self.size[1]}",
                           unit=f"{chunk} img", leave=False)
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
         try:
             for k, images in enumerate(loader):
                 arr[k * chunk:k * chunk + len(images)] = images
@@ -166,8 +169,6 @@ class ImageCache:
             del arr
             tmp.unlink(missing_ok=True)  # a bad file stops the build: leave no half cache behind
             raise
-        finally:
-            cv2.setNumThreads(threads)
         del arr
         os.replace(tmp, self.file)  # atomic: a killed build never leaves a half cache behind
         if progress:
@@ -196,13 +197,6 @@ class _Decoded(Dataset):
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.cache.preprocess(read_gray(self.cache.paths[i]))
-
-
-def opencv_single_thread(worker_id: int = 0) -> None:
-    """Loader workers run OpenCV on one thread: the workers are the parallelism, and OpenCV's own
-    threads on small images cost more than they give (a 2185x1669 resize: 6.1 ms on 2 threads
-    against 1.9 ms on one, on this 2-core machine)."""
-    cv2.setNumThreads(1)
 
 
 class ImageTableDataset(Dataset):
@@ -419,7 +413,7 @@ class ImageTableDataModule(pl.LightningDataModule):
         dataset = self._datasets[stage]
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                          worker_init_fn=opencv_single_thread, drop_last=shuffle and len(dataset) > self.batch_size)
+                          drop_last=shuffle and len(dataset) > self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -806,10 +806,7 @@ def _epochs_rate(loader: Any, epochs: int) -> float:
 
 
 def _decode_rate(paths: list[str], workers: int, batch: int, epochs: int) -> float:
-    from data_modules.base import opencv_single_thread
-
-    loader = DataLoader(DecodeOnly(paths), batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
-                        worker_init_fn=opencv_single_thread)
+    loader = DataLoader(DecodeOnly(paths), batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
     return _epochs_rate(loader, epochs)
 
 
@@ -901,7 +898,7 @@ def run_data(first: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if args.large_phantom_size:
         large = ensure_data(Path(args.out) / "data" / f"rsna_{args.large_phantom_size}px", args.large_n_images,
                             args.large_phantom_size)
-        sets.append(measure_loading(large, src, args, Path(args.out) / "cache_large", 1, warm=False))
+        sets.append(measure_loading(large, src, args, Path(args.out) / "cache_large", args.data_repeats, warm=False))
     for d in sets:
         for row in d["rows"]:
             row["rate_over_consumption"] = row["images_per_s"] / consumption
@@ -1027,7 +1024,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None, help="square image size (default: the scale's)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per arm")
     p.add_argument("--block", type=int, default=3, help="timed steps per block")
-    p.add_argument("--blocks", type=int, default=4, help="blocks per arm")
+    p.add_argument("--blocks", type=int, default=6, help="blocks per arm")
     p.add_argument("--fixed-batches", type=int, default=4, help="distinct batches both arms cycle through")
     p.add_argument("--threshold", type=float, default=1.05, help="ratio above which settings are broken down")
     p.add_argument("--breakdown", default="auto", choices=["auto", "always", "never"],
@@ -1047,7 +1044,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--large-phantom-size", type=int, default=2048,
                    help="also time the cold path on phantom radiographs of this height (RSNA's are 1500-2500 px); "
                         "0 skips it")
-    p.add_argument("--large-n-images", type=int, default=60, help="images of the large phantom")
+    p.add_argument("--large-n-images", type=int, default=160, help="images of the large phantom")
     p.add_argument("--data-repeats", type=int, default=3)
     p.add_argument("--data-epochs", type=int, default=1)
     args = p.parse_args(argv)
