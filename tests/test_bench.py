@@ -93,7 +93,7 @@ def test_bench_runs_tiny_and_writes_table_and_json(tmp_path):
                       "--warmup", "1", "--block", "2", "--blocks", "2", "--fixed-batches", "2",
                       "--n-images", "30", "--phantom-size", "96", "--workers", "0", "--data-repeats", "1",
                       "--large-phantom-size", "160", "--large-n-images", "10",
-                      "--breakdown", "never"])
+                      "--breakdown", "never", "--cost-blocks", "3", "--breakdown-block", "2"])
     saved = json.loads((out / "results.json").read_text())
     table = (out / "results.md").read_text()
     assert [f["family"] for f in saved["families"]] == ["regressor", "tjnet"]
@@ -108,6 +108,12 @@ def test_bench_runs_tiny_and_writes_table_and_json(tmp_path):
         assert "ModelCheckpoint" in fam["callbacks"]
         assert f"| {fam['family']} | {fam['network']}" in table
     assert set(saved["options"]["arms"]) == {"default", "channels_last"}
+    # the fixed cost per step, from paired blocks at a tiny step, and the ratio it implies above
+    for cost, fam in zip(saved["fixed_cost"], saved["families"], strict=True):
+        assert cost["family"] == fam["family"] and cost["blocks"] == 3 and cost["image_size"] == [64, 64]
+        assert cost["cost_q1_ms"] <= cost["cost_ms"] <= cost["cost_q3_ms"]
+        assert cost["implied_ratio"] == pytest.approx(1 + cost["cost_ms"] / fam["plain"]["median_ms"])
+        assert f"| {cost['family']} | {cost['framework_ms']:.2f} |" in table
     demo, large = saved["data"]["sets"]
     assert large["source_size"][0] > demo["source_size"][0] and large["images"] == 8  # 80% of 10 train
     paths = [r["path"] for r in demo["rows"]]
