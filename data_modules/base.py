@@ -155,7 +155,10 @@ class ImageCache:
         tmp = self.file.with_suffix(f".tmp{os.getpid()}.npy")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.size))
         chunk = 16
-        loader = DataLoader(_Decoded(self), batch_size=chunk, num_workers=workers, collate_fn=np.stack)
+        # its own generator: a loader draws its workers' base seed from the global RNG otherwise,
+        # and a run would then train differently depending on whether the cache already existed
+        loader = DataLoader(_Decoded(self), batch_size=chunk, num_workers=workers, collate_fn=np.stack,
+                            generator=torch.Generator())
         if progress:
             from tqdm.auto import tqdm
 

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import data_modules.base as base
@@ -128,6 +129,16 @@ def test_cache_built_by_worker_processes_is_the_same(phantom_copy, tmp_path):
     two.setup("fit")
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(one.dataset(split).cache.array, two.dataset(split).cache.array)
+
+
+def test_building_the_cache_leaves_the_global_rng_alone(phantom_copy):
+    """A seeded run trains the same whether or not its cache had to be built first."""
+    torch.manual_seed(0)
+    make(phantom_copy).setup("fit")  # builds
+    after_build = torch.rand(3)
+    torch.manual_seed(0)
+    make(phantom_copy).setup("fit")  # finds it
+    assert torch.equal(torch.rand(3), after_build)
 
 
 def test_unreadable_image_in_a_worker_names_the_file_and_leaves_no_cache(phantom_copy):
