@@ -159,19 +159,25 @@ class ImageCache:
         # and a run would then train differently depending on whether the cache already existed
         loader = DataLoader(_Decoded(self), batch_size=chunk, num_workers=workers, collate_fn=np.stack,
                             generator=torch.Generator())
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            loader = tqdm(loader, desc=f"caching {len(self.paths)} images at {self.size[0]}x{self.size[1]}",
-                          unit=f"{chunk} img", leave=False)
+            bar = tqdm(total=len(self.paths), desc=f"caching {len(self.paths)} images at "
+                       f"{self.size[0]}x{self.size[1]}", unit="img", leave=False)
         try:
             for k, images in enumerate(loader):
                 arr[k * chunk:k * chunk + len(images)] = images
+                if bar is not None:
+                    bar.update(len(images))
             arr.flush()
         except BaseException:
             del arr
             tmp.unlink(missing_ok=True)  # a bad file stops the build: leave no half cache behind
             raise
+        finally:
+            if bar is not None:
+                bar.close()
         del arr
         os.replace(tmp, self.file)  # atomic: a killed build never leaves a half cache behind
         if progress:

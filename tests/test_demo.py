@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from boneage.demo import main as demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,3 +23,8 @@ def test_demo_prints_the_mae_table(tmp_path, monkeypatch, capsys):
     mae, floor = float(summary["test MAE (months)"]), float(summary["phantom noise floor (months)"])
     assert abs(float(summary["MAE / floor"]) - mae / floor) < 0.01
     assert (run / "predictions.csv").is_file()
+    # fit and test ran in one process: each has its own run directory, the learning curve is kept
+    fit_run = sorted((tmp_path / "runs" / "demo_rsna").glob("version_*"))[-2]
+    curve = pd.read_csv(fit_run / "metrics.csv")
+    assert {"train/loss", "val/mae"} <= set(curve.columns) and curve["val/mae"].notna().any()
+    assert "test/mae" in pd.read_csv(run / "metrics.csv").columns

@@ -1,4 +1,5 @@
-"""The ROI Grad-CAM equals the grad-cam package's maps, batched and on a given class."""
+"""Grad-CAM as the ROI localization uses it: batched, on the predicted class, inside Lightning's
+predict loop (inference mode), equal to the grad-cam package's maps."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from boneage.analysis.roi_gradcam import gradcam
+from boneage.analysis.gradcam import grad_cam as gradcam
 
 
 def _net() -> nn.Sequential:

@@ -93,7 +93,15 @@ class BoneAgeCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_callback", BoneAgeSaveConfig)
-        super().__init__(*args, **kwargs)
+        inherited = VERSION_ENV in os.environ  # set by a DDP launcher parent: keep it
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            # A finished command releases its run version, so the next command in this process
+            # (fit, then test, as in make demo) starts a new run directory instead of having its
+            # loggers overwrite this one's metrics.csv. run=False: the caller still has to run it.
+            if not inherited and kwargs.get("run", True):
+                os.environ.pop(VERSION_ENV, None)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--experiment", type=str | None, default=None,

@@ -67,11 +67,15 @@ def main(argv: list[str] | None = None) -> None:
         render(data, n=args.n, seed=0, size=256)
         meta = read_metadata(data)
     common = [*demo_overrides(str(data), args.epochs), "--runs_dir", args.runs_dir]
-    cli(["fit", *common])
-    cli(["test", *common, "--ckpt_path", "best"])
-
     runs = Path(args.runs_dir) / EXPERIMENT
-    run = max(runs.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+    def latest() -> Path:
+        return max(runs.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+    cli(["fit", *common])
+    fit_run = latest()
+    cli(["test", *common, "--ckpt_path", "best"])
+    run = latest()
     pred = pd.read_csv(run / "predictions.csv")
     train = pd.read_csv(data / "boneage-training-dataset.csv")
     test_ids = set(pd.Series(pred["path"]).map(lambda p: Path(p).stem))
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {k.ljust(width)} | {v:>5} |")
     summary = {k: v for k, v in rows}
     (run / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nrun directory: {run} (config.yaml, metrics.csv, predictions.csv, figures/); "
+    print(f"\ntraining run: {fit_run} (config.yaml, metrics.csv: the learning curves)\n"
+          f"test run: {run} (metrics.csv, predictions.csv, errors_by_group.csv, figures/)\n"
           f"checkpoints: {runs / 'checkpoints'}")
 
 

@@ -10,7 +10,8 @@ cropping (scintigraphy) and Fig. 5 of the whole-body CT paper want one batched c
 on the model's device. It is a single ``torch.autograd.grad`` call, so it never touches the
 parameters' ``.grad`` (safe inside a training step).
 
-Used by the whole-body CT paper (Fig. 5 overlays) and by the scintigraphy ROI paper.
+Used by the whole-body CT paper (Fig. 5 overlays) and by the scintigraphy ROI paper (Do et al.,
+Eq. 1-2: the crops of stage 2), also from inside Lightning's predict loop.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def _scores(output: torch.Tensor, targets: torch.Tensor | Sequence[int] | ScoreF
         else:  # classification: the highest logit
             scores = output.flatten(1).max(dim=1).values
     else:
-        idx = torch.as_tensor(targets, device=output.device, dtype=torch.long)
+        # a copy: class indices made under inference_mode cannot be saved for backward
+        idx = torch.as_tensor(targets, device=output.device, dtype=torch.long).clone()
         scores = output.flatten(1).gather(1, idx.view(-1, 1)).squeeze(1)
     if scores.dim() != 1 or scores.shape[0] != output.shape[0]:
         raise ValueError(f"the score function must return one scalar per image, shape [{output.shape[0]}], "
@@ -95,8 +97,10 @@ def grad_cam(
 
     handle = layer.register_forward_hook(hook)
     try:
-        with torch.enable_grad():
-            output = model(images)
+        # Lightning's predict loop runs under inference_mode, which enable_grad alone cannot
+        # undo; inference tensors are copied outside it before autograd may use them.
+        with torch.inference_mode(False), torch.enable_grad():
+            output = model(images.clone())
             if not captured:
                 raise RuntimeError(f"target layer {type(layer).__name__} was not called in the forward pass")
             acts = captured[-1]

@@ -35,8 +35,8 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from boneage.analysis.gradcam import grad_cam
 from boneage.analysis.roi import RoiExporter
-from boneage.analysis.roi_gradcam import gradcam
 from boneage.models.roi import AgeGroupClassifier
 from boneage.phantoms.common import METADATA_FILE, TRUTH_FILE
 from boneage.systems.base import figures_dir, run_dir
@@ -184,7 +184,7 @@ class AgeGroupLocalizer(pl.LightningModule):
         self.network.eval()
         logits = self.network(batch["image"]).detach()
         pred = logits.argmax(dim=1)
-        cams = gradcam(self.network, self.network.cam_layer, batch["image"], pred).float().cpu().numpy()
+        cams = grad_cam(self.network, self.network.cam_layer, batch["image"], pred).float().cpu().numpy()
         self.network.train(was_training)
         offset = self._split_offset(split, dm)
         for k, i in enumerate(batch["index"].tolist()):
