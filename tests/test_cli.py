@@ -45,3 +45,18 @@ def test_versions_and_checkpoint_lookup(tmp_path):
         find_checkpoint(tmp_path, "best")
     (tmp_path / "best-epoch001-step10.ckpt").write_text("x")
     assert find_checkpoint(tmp_path, "best").endswith("best-epoch001-step10.ckpt")
+
+
+def test_null_weights_path_on_the_command_line_means_no_weights(monkeypatch, tmp_path):
+    """`--...network.init_args.pretrained_path null` trains from scratch, as `null` in YAML does
+    (the nested override reaches the network as the string 'None' without the CLI's guard)."""
+    import sys
+
+    from boneage.cli import BoneAgeCLI
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    cli = BoneAgeCLI(args=["--config", "experiments/ct_vgg16.yaml", "--runs_dir", str(tmp_path),
+                           "--model.init_args.network.init_args.pretrained_path", "null",
+                           "--trainer.logger", "false"], run=False)
+    assert cli.config.model.init_args.network.init_args.pretrained_path is None

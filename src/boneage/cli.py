@@ -85,6 +85,22 @@ def find_checkpoint(ckpt_dir: Path, which: str) -> str:
     return str(candidates[-1])
 
 
+def _null_weight_paths(node) -> None:
+    """``--model...network.init_args.pretrained_path null`` reaches a nested subclass as the string
+    'None' (jsonargparse 4.53 parses a dotted override of a subclass inside a subclass that way);
+    a weights path of 'None' or 'null' means no weights, as in YAML."""
+    if not hasattr(node, "items"):
+        return
+    for key, value in list(node.items()):
+        if key.split(".")[-1] in ("pretrained_path", "pretrained_paths"):
+            if isinstance(value, str) and value in ("None", "null"):
+                node[key] = None
+            elif isinstance(value, list):
+                node[key] = [None if v in ("None", "null") else v for v in value]
+        elif hasattr(value, "items"):
+            _null_weight_paths(value)
+
+
 class BoneAgeCLI(LightningCLI):
     """LightningCLI with experiment-named run directories and default checkpointing."""
 
@@ -127,6 +143,7 @@ class BoneAgeCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        _null_weight_paths(cfg.get("model"))
         name, exp_dir = self._experiment()
         trainer_cfg = cfg["trainer"]
         if trainer_cfg.get("default_root_dir") in (None, os.getcwd()):
