@@ -92,7 +92,7 @@ def _null_weight_paths(node) -> None:
     if not hasattr(node, "items"):
         return
     for key, value in list(node.items()):
-        if key.split(".")[-1] in ("pretrained_path", "pretrained_paths"):
+        if str(key).split(".")[-1] in ("pretrained_path", "pretrained_paths"):
             if isinstance(value, str) and value in ("None", "null"):
                 node[key] = None
             elif isinstance(value, list):
