@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.manifold import TSNE
 
+from boneage.analysis.figures import write_figure
+
 GROUP_NAMES = ("[0-3]", "[4-7]", "[8-11]", "[12-15]", "[16-19]")
 
 
@@ -74,9 +76,4 @@ def plot_tsne(embeddings: Mapping[str, np.ndarray], groups: Mapping[str, np.ndar
     axes[0][-1].legend(title="age", fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boneage.analysis.figures import write_figure
+
 __all__ = ["grad_cam", "overlay", "resolve_layer", "save_overlay_grid"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -166,12 +168,7 @@ def save_overlay_grid(images: np.ndarray | torch.Tensor, cams: np.ndarray | torc
         axes[r, 2 * c + 1].imshow(overlay(imgs[i], maps[i], alpha=alpha))
         if titles is not None:
             axes[r, 2 * c].set_title(titles[i], fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 
 def _lightning_callback_base() -> type:

@@ -35,6 +35,8 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from sklearn.linear_model import LassoCV
 from sklearn.model_selection import train_test_split
 
+from boneage.analysis.figures import write_figure
+
 # ----------------------------------------------------------------------------- LASSO
 
 
@@ -105,12 +107,7 @@ def lasso_figure(result: LassoResult, path: str | Path, units: str = "months") -
         ax.set_title(f"{name}: |error| {s[key + '_abs_error_mean']:.1f} +- {s[key + '_abs_error_sd']:.1f}")
         ax.set_xlabel(f"regressor-predicted age ({units})")
     axes[0].set_ylabel(f"LASSO-predicted age ({units})")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- nearest neighbours
@@ -161,12 +158,7 @@ def neighbours_figure(generated: np.ndarray, reference: np.ndarray, by_pixels: n
             axes[row, j + 1].set_title(f"{ref_ages[i]:.0f} {units}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- aging walk
@@ -267,12 +259,7 @@ def walk_figure(frame_ages: np.ndarray, key_positions: np.ndarray, path: str | P
     ax.set_xlabel("frame")
     ax.set_ylabel(f"predicted age ({units})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- age control

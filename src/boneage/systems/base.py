@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -74,3 +75,22 @@ def prediction_frame(trainer: pl.Trainer, stage: str, cols: dict[str, np.ndarray
         frame[f"true_{units}"] = cols["age"]
         frame["sex"] = np.where(cols["sex"] > 0.5, "M", "F")
     return frame, cols
+
+
+def gather_outputs(module: pl.LightningModule, outputs: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Per-sample tensors collected over an epoch's steps, concatenated and gathered from all
+    ranks (every rank must call it), as numpy arrays for :func:`prediction_frame`."""
+    cols = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
+    return {k: module.all_gather(v).reshape(-1).cpu().numpy() for k, v in cols.items()}
+
+
+def write_predict_outputs(module: pl.LightningModule, frame_fn, units: str) -> None:
+    """predictions.csv of a predict run: ``frame_fn("predict", cols)`` of the steps' outputs."""
+    outputs = module.trainer.predict_loop.predictions
+    if not outputs or not isinstance(outputs[0], dict):
+        return
+    cols = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in ("index", "pred")}
+    frame = frame_fn("predict", cols)
+    path = run_dir(module.trainer) / "predictions.csv"
+    frame.to_csv(path, index=False)
+    print(f"wrote {len(frame)} predicted bone ages ({units}) to {path}")

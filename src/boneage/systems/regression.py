@@ -21,7 +21,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric
 
-from boneage.systems.base import prediction_frame, run_dir, save_figure
+from boneage.systems.base import gather_outputs, prediction_frame, run_dir, save_figure, write_predict_outputs
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
 
@@ -150,8 +150,7 @@ class AgeRegressor(pl.LightningModule):
         self._log_epoch("test")
         if not self._outputs:
             return
-        cols = {k: torch.cat([o[k] for o in self._outputs]) for k in self._outputs[0]}
-        cols = {k: self.all_gather(v).reshape(-1).cpu().numpy() for k, v in cols.items()}
+        cols = gather_outputs(self, self._outputs)
         self._outputs = []
         if not self.trainer.is_global_zero:
             return
@@ -165,14 +164,7 @@ class AgeRegressor(pl.LightningModule):
         self._figures(frame)
 
     def on_predict_epoch_end(self) -> None:
-        outputs = self.trainer.predict_loop.predictions
-        if not outputs or not isinstance(outputs[0], dict):
-            return
-        cols = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in ("index", "pred")}
-        frame = self._prediction_frame("predict", cols)
-        path = run_dir(self.trainer) / "predictions.csv"
-        frame.to_csv(path, index=False)
-        print(f"wrote {len(frame)} predicted bone ages ({self.age_units}) to {path}")
+        write_predict_outputs(self, self._prediction_frame, self.age_units)
 
     def _prediction_frame(self, stage: str, cols: dict[str, np.ndarray]) -> pd.DataFrame:
         frame, cols = prediction_frame(self.trainer, stage, cols, self.age_units)

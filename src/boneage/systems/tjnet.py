@@ -46,7 +46,7 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from boneage.losses_tjnet import AgeClasses, expected_class, tjnet_loss
-from boneage.systems.base import prediction_frame, run_dir, save_figure
+from boneage.systems.base import gather_outputs, prediction_frame, run_dir, save_figure, write_predict_outputs
 from boneage.systems.tjnet_callbacks import AlphaPlateau
 
 YEARS_PER_UNIT = {"years": 1.0, "months": 1.0 / 12.0}
@@ -289,8 +289,7 @@ class TJNetSystem(pl.LightningModule):
         self._log_epoch("test")
         if not self._outputs:
             return
-        cols = {k: torch.cat([o[k] for o in self._outputs]) for k in self._outputs[0]}
-        cols = {k: self.all_gather(v).reshape(-1).cpu().numpy() for k, v in cols.items()}
+        cols = gather_outputs(self, self._outputs)
         self._outputs = []
         if not self.trainer.is_global_zero:
             return
@@ -304,14 +303,7 @@ class TJNetSystem(pl.LightningModule):
               f"{run_dir(self.trainer) / 'figures'}")
 
     def on_predict_epoch_end(self) -> None:
-        outputs = self.trainer.predict_loop.predictions
-        if not outputs or not isinstance(outputs[0], dict):
-            return
-        cols = {k: torch.cat([o[k] for o in outputs]).cpu().numpy() for k in ("index", "pred")}
-        frame = self._frame("predict", cols)
-        path = run_dir(self.trainer) / "predictions.csv"
-        frame.to_csv(path, index=False)
-        print(f"wrote {len(frame)} predicted bone ages ({self.age_units}) to {path}")
+        write_predict_outputs(self, self._frame, self.age_units)
 
     def _frame(self, stage: str, cols: dict[str, np.ndarray]) -> pd.DataFrame:
         frame, cols = prediction_frame(self.trainer, stage, cols, self.age_units)
