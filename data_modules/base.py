@@ -186,6 +186,7 @@ class ImageCache:
     @property
     def array(self) -> np.ndarray:
         if self._array is None:  # opened lazily, once per worker process
+            self.build(progress=False)  # a no-op unless the DataModule decodes on the fly (use_cache=False)
             self._array = np.load(self.file, mmap_mode="r")
         return self._array
 
@@ -313,6 +314,8 @@ class ImageTableDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         # One process builds the caches; the others find them in setup.
+        if not self.use_cache:
+            return
         for table in self._split(self._checked_table()).values():
             self._cache_for(table).build(workers=self.num_workers)
 
@@ -321,7 +324,8 @@ class ImageTableDataModule(pl.LightningDataModule):
             self._tables = self._split(self._checked_table())
             for name, table in self._tables.items():
                 cache = self._cache_for(table)
-                cache.build(workers=self.num_workers)  # no-op when prepare_data (or an earlier run) built it
+                if self.use_cache:  # a no-op when prepare_data (or an earlier run) built it
+                    cache.build(workers=self.num_workers)
                 augment = self.augment if name == "train" else None
                 self._datasets[name] = ImageTableDataset(table, cache, augment, self.use_cache)
         if stage == "predict" and self.predict_dir is not None and "predict" not in self._datasets:

@@ -131,6 +131,16 @@ def test_cache_built_by_worker_processes_is_the_same(phantom_copy, tmp_path):
         np.testing.assert_array_equal(one.dataset(split).cache.array, two.dataset(split).cache.array)
 
 
+def test_use_cache_false_decodes_on_the_fly_and_writes_no_cache(phantom_copy, monkeypatch):
+    dm = make(phantom_copy, use_cache=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert not (phantom_copy / ".cache").exists()
+    calls = []
+    monkeypatch.setattr(base, "read_gray", lambda p: calls.append(p) or np.zeros((90, 70), np.uint8))
+    assert next(iter(dm.train_dataloader()))["image"].shape == (8, 1, 64, 64) and len(calls) == 8
+
+
 def test_building_the_cache_leaves_the_global_rng_alone(phantom_copy):
     """A seeded run trains the same whether or not its cache had to be built first."""
     torch.manual_seed(0)
