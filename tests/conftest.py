@@ -33,13 +33,13 @@ def rsna_phantom_400(tmp_path_factory) -> Path:
 @pytest.fixture
 def run_cli(tmp_path, monkeypatch):
     """Run ``boneage <subcommand> ...`` in-process on the CPU, run dirs under tmp_path."""
-    from boneage.cli import VERSION_ENV, main
+    from boneage.cli import RUN_ENV, main
 
     monkeypatch.chdir(ROOT)
-    monkeypatch.delenv(VERSION_ENV, raising=False)
+    monkeypatch.delenv(RUN_ENV, raising=False)
 
     def run(subcommand: str, *args: str) -> Path:
-        os.environ.pop(VERSION_ENV, None)
+        os.environ.pop(RUN_ENV, None)
         main([subcommand, *args, "--runs_dir", str(tmp_path / "runs"), "--trainer.accelerator", "cpu",
               "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
               "--trainer.enable_model_summary", "false"])

@@ -16,8 +16,17 @@ def phantom_data_args(rsna_phantom: Path) -> list[str]:
     return ["--data.init_args.data_dir", str(rsna_phantom), "--data.init_args.num_workers", "0"]
 
 
+def fit_run(exp_dir: Path) -> Path:
+    """The newest fit run directory of an experiment (lightning_logs/<exp>/<run id>)."""
+    from boneage.runs import find_runs
+
+    found = find_runs(exp_dir.parent, exp_dir.name, stage="fit")
+    assert found, f"no fit run in {exp_dir}"
+    return found[-1].path
+
+
 def last_weights(exp_dir: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(exp_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(fit_run(exp_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     return {k: v for k, v in ckpt["state_dict"].items() if torch.is_tensor(v) and v.is_floating_point()}
 
 
@@ -29,7 +38,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 def epoch_metrics(exp_dir: Path) -> pd.DataFrame:
     """Epoch-level logged metrics of all versions of an experiment: one row per epoch."""
-    frames = [pd.read_csv(p) for p in sorted(exp_dir.glob("version_*/metrics.csv"))]
+    frames = [pd.read_csv(p) for p in sorted(exp_dir.glob("*/metrics.csv"))]
     frame = pd.concat(frames, ignore_index=True)
     cols = [c for c in frame.columns if c not in ("step",) and not c.endswith("_step")]
     frame = frame[cols].groupby("epoch").agg(lambda s: s.dropna().iloc[-1] if s.notna().any() else math.nan)
@@ -38,7 +47,7 @@ def epoch_metrics(exp_dir: Path) -> pd.DataFrame:
 
 def step_frame(exp_dir: Path) -> pd.DataFrame:
     """Step-level training logs (train/* columns logged per step) of all versions, indexed by step."""
-    frames = [pd.read_csv(p) for p in sorted(exp_dir.glob("version_*/metrics.csv"))]
+    frames = [pd.read_csv(p) for p in sorted(exp_dir.glob("*/metrics.csv"))]
     frame = pd.concat(frames, ignore_index=True)
     cols = [c for c in frame.columns if c.startswith("train/") and not c.endswith("_epoch")]
     frame = frame.dropna(subset=cols, how="all")[["step", *cols]]

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from boneage.cli import VERSION_ENV
+from boneage.cli import RUN_ENV
 from boneage.cli import main as cli_main
 from data_modules.scintigraphy import ScintigraphyDataModule
 
@@ -33,7 +33,7 @@ def phantom(tmp_path_factory):
 
 
 def _stage(cmd: str, exp: str, csv: str, runs: Path, *extra: str) -> None:
-    os.environ.pop(VERSION_ENV, None)  # a fresh run directory per command, as from the shell
+    os.environ.pop(RUN_ENV, None)  # a fresh run directory per command, as from the shell
     configs = ["--config", str(REPO / "experiments" / f"{exp}.yaml"), "--config", str(TINY / f"{exp}.yaml")]
     cli_main([cmd, *configs, "--runs_dir", str(runs), "--data.init_args.csv_path", csv, *TRAINER, *extra])
 

@@ -643,13 +643,13 @@ def _networks(system: nn.Module) -> str:
 
 def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Interleaved framework and plain arms of one family; a summary with both arms and the ratio."""
-    from boneage.cli import VERSION_ENV, BoneAgeCLI
+    from boneage.cli import RUN_ENV, BoneAgeCLI
 
     device = torch.device(args.device)
     clock, mem = Clock(device), PeakMemory(device)
     loop = PlainLoop(device, args.precision)
     probe = Interleave(family, [], loop, clock, mem, args.warmup, args.block, args.blocks)
-    os.environ.pop(VERSION_ENV, None)
+    os.environ.pop(RUN_ENV, None)
     cli_extra = tuple(a for a in extra if a != NO_SYSTEM_LOG)
     argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads our arguments only from args=
     try:
@@ -657,7 +657,7 @@ def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] 
                          run=False)
     finally:
         sys.argv = argv
-    os.environ.pop(VERSION_ENV, None)
+    os.environ.pop(RUN_ENV, None)
     dm, system, trainer = cli.datamodule, cli.model, cli.trainer
     if family.prepare is not None:
         family.prepare(system)

@@ -50,3 +50,28 @@ class TrainingSamples(Callback):
                 ax.set_title(" ".join(title), fontsize=7)
         fig.suptitle("training samples (age, sex)", fontsize=8)
         save_figure(trainer, fig, "training_samples")
+
+
+class EpochLines(Callback):
+    """One line per finished training epoch (added when the progress bar is off, as in ``make demo``
+    and on clusters): epoch, steps, the system's monitored metric and the epoch's training loss."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+
+        self._start = time.time()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        keys = [k for k in (getattr(pl_module, "monitor", None), "train/loss", "val/loss") if k]
+        shown = [f"{k} {float(metrics[k]):.4g}" for k in dict.fromkeys(keys) if k in metrics]
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        print(f"epoch {trainer.current_epoch + 1}{total}  step {trainer.global_step}  " + "  ".join(shown)
+              + f"  ({time.time() - self._start:.0f} s)", flush=True)

@@ -1,67 +1,82 @@
 """``boneage fit|validate|test|predict --config experiments/<exp>.yaml``
 
-A LightningCLI with the framework's run layout:
+A LightningCLI with the framework's run layout (:mod:`boneage.runs`):
 
 - the experiment name is ``--experiment`` or the first config file's stem;
-- every run writes ``lightning_logs/<exp>/version_N/`` (resolved config.yaml, metrics.csv,
-  TensorBoard events, figures/, predictions.csv) through a CSV and a TensorBoard logger that
-  share the version, unless the config names its own loggers;
-- checkpoints (best by the system's ``monitor``/``mode``, and last) live in the experiment's
-  stable ``lightning_logs/<exp>/checkpoints/``, so ``--ckpt_path last`` resumes a killed run
-  and ``--ckpt_path best`` evaluates the best one from any later command;
-- the config is saved into every run directory, also on re-runs and requeued jobs;
-- ``--exact_resume`` (on by default) adds :class:`boneage.resume.ExactResume`: atomic checkpoint
-  writes, RNG and sampler state in every checkpoint, and ``last.ckpt`` written at a batch boundary
-  when SIGTERM/SIGUSR1 arrives (SLURM pre-emption), so a resumed run ends where an uninterrupted
-  one ends;
-- ``--wandb true`` (or ``--config experiments/presets/wandb.yaml``) adds a Weights & Biases logger
-  beside CSV and TensorBoard, offline when no API key is configured; the resolved config goes to
-  the W&B run, figures (and a grid of training samples) reach it through
-  ``boneage.systems.base.save_figure``.
+- every command is a run with its own directory ``lightning_logs/<exp>/<run id>/`` (run.json,
+  the resolved config.yaml, checkpoints/, metrics.csv, TensorBoard events, wandb/, figures/);
+  ids are claimed with an exclusive mkdir, so concurrent runs never share files; DDP ranks
+  share their parent's run (``BONEAGE_RUN``), srun tasks of one SLURM job the job's run;
+- ``fit --run ID`` continues run ID from its ``last.ckpt`` (a requeued SLURM job does this by
+  itself: its run is ``slurm-<job id>``); ``fit --ckpt_path last`` continues the newest fit run;
+- ``validate|test|predict --ckpt_path best|last [--run ID]`` evaluate the named (or newest) fit
+  run: ``best`` is the best monitored score among its checkpoints; run.json records which run
+  and file were used;
+- the saved config.yaml is a recipe: ``boneage fit --config <run>/config.yaml`` starts a new run
+  of the same experiment with the same settings;
+- ``--exact_resume`` (on by default) adds :class:`boneage.resume.ExactResume` (RNG and sampler
+  state in checkpoints, atomic writes, ``last.ckpt`` on SIGTERM/SIGUSR1 at any point of fit);
+- ``--wandb true`` adds a Weights & Biases logger; a resumed run continues its W&B run.
 
-Accelerator, devices, strategy, precision and num_nodes are plain ``trainer`` keys (YAML or
-command line); presets for several GPUs, a cluster and mixed precision are in
-``experiments/presets/`` (see docs/scale.md).
+Expected problems (bad data, unknown run, missing checkpoint or weights) end with one line and
+exit code 2; ``--debug`` or ``BONEAGE_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import sys
+import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 from pytorch_lightning import LightningModule, Trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
-from boneage.callbacks import TrainingSamples
+from boneage import runs
+from boneage.callbacks import EpochLines, TrainingSamples
 from boneage.resume import ExactResume
+from boneage.runs import RUN_FILE, RUNS_DIR, Run, RunError
 
-RUNS_DIR = "lightning_logs"
-VERSION_ENV = "BONEAGE_RUN_VERSION"  # shared with DDP child processes, so all ranks use one run dir
+RUN_ENV = "BONEAGE_RUN"  # {"dir": ..., "ckpt": ...} shared with DDP child processes: one run for all ranks
 
 
-def next_version(exp_dir: Path) -> int:
-    versions = [int(m.group(1)) for p in exp_dir.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    return max(versions, default=-1) + 1
+def _rank() -> int:
+    for key in ("SLURM_PROCID", "RANK", "LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def inherited_run() -> dict | None:
+    """The run a DDP launcher's parent process chose (``BONEAGE_RUN`` set by another process)."""
+    shared = json.loads(os.environ.get(RUN_ENV) or "null")
+    return shared if shared and shared.get("pid") != os.getpid() else None
 
 
 def wandb_mode() -> str:
-    """``online`` when an API key is configured (env or ~/.netrc), else ``offline``; WANDB_MODE wins."""
+    """``online`` when wandb finds credentials for its configured host (``WANDB_API_KEY``, or the
+    netrc entry that ``wandb login`` wrote, for wandb.ai or a self-hosted ``WANDB_BASE_URL``),
+    else ``offline``; ``WANDB_MODE`` wins."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
         return "online"
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return "online" if "api.wandb.ai" in netrc.read_text() else "offline"
-    except OSError:
+        import wandb
+        from wandb.sdk.lib.wbauth import wbnetrc
+
+        host = wandb.Settings().base_url
+        return "online" if wbnetrc.read_netrc_auth(host=host) else "offline"
+    except Exception:  # noqa: BLE001 - wandb moved its credential lookup: be safe, stay local
         return "offline"
 
 
 class BoneAgeSaveConfig(SaveConfigCallback):
-    """Saves config.yaml into the run directory and sends the resolved config to W&B runs."""
+    """Saves the run's recipe (config.yaml) and sends it to W&B runs."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         from pytorch_lightning.loggers import WandbLogger
@@ -71,18 +86,6 @@ class BoneAgeSaveConfig(SaveConfigCallback):
                 config = self.config.clone().as_dict()
                 config.pop("config", None)
                 logger.experiment.config.update({"cli": config}, allow_val_change=True)
-
-
-def find_checkpoint(ckpt_dir: Path, which: str) -> str:
-    """``best`` or ``last`` checkpoint of an experiment, with a clear error when there is none."""
-    if which == "last":
-        candidates = sorted(ckpt_dir.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    else:
-        candidates = sorted(ckpt_dir.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(f"no '{which}' checkpoint in {ckpt_dir}: train the experiment first "
-                                "(make train EXP=...) or pass --ckpt_path PATH")
-    return str(candidates[-1])
 
 
 def _null_weight_paths(node) -> None:
@@ -101,40 +104,65 @@ def _null_weight_paths(node) -> None:
             _null_weight_paths(value)
 
 
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+RESUME_MAY_CHANGE = ("num_workers", "pin_memory", "persistent_workers")
+
+
+def setting_changes(old: dict, new: dict, sections: tuple[str, ...] = ("model", "data")) -> list[str]:
+    """Keys of ``sections`` whose values differ between two configs, as ``key: old -> new`` (loader
+    settings that do not change the result, such as ``num_workers``, may differ)."""
+
+    def keep(key: str) -> bool:
+        return key.split(".")[0] in sections and key.split(".")[-1] not in RESUME_MAY_CHANGE
+
+    a = {k: v for k, v in _flatten(old).items() if keep(k)}
+    b = {k: v for k, v in _flatten(new).items() if keep(k)}
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 class BoneAgeCLI(LightningCLI):
-    """LightningCLI with experiment-named run directories and default checkpointing."""
+    """LightningCLI with one directory per run, runs named by id, and default checkpointing."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_callback", BoneAgeSaveConfig)
-        inherited = VERSION_ENV in os.environ  # set by a DDP launcher parent: keep it
-        try:
-            super().__init__(*args, **kwargs)
-        finally:
-            # A finished command releases its run version, so the next command in this process
-            # (fit, then test, as in make demo) starts a new run directory instead of having its
-            # loggers overwrite this one's metrics.csv. run=False: the caller still has to run it.
-            if not inherited and kwargs.get("run", True):
-                os.environ.pop(VERSION_ENV, None)
+        self.run: Run | None = None
+        self._recipe = None
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--experiment", type=str | None, default=None,
-                            help="experiment name (run dir lightning_logs/<experiment>); default: config file stem")
+                            help="experiment name (runs in lightning_logs/<experiment>/); default: config file stem")
         parser.add_argument("--runs_dir", type=str, default=RUNS_DIR, help="root of all run directories")
+        parser.add_argument("--run", type=str | None, default=None,
+                            help="fit: continue this run (id, unique prefix or directory) or create it; "
+                                 "validate/test/predict: the fit run whose --ckpt_path best|last to use "
+                                 "(default: the newest fit run)")
         parser.add_argument("--exact_resume", type=bool, default=True,
                             help="RNG + sampler state in checkpoints, atomic writes, checkpoint on SIGTERM/SIGUSR1")
         parser.add_argument("--last_every_n_epochs", type=int, default=1,
                             help="how often last.ckpt is refreshed (a signal always writes it at once)")
         parser.add_argument("--wandb", type=bool, default=False,
-                            help="also log to Weights & Biases (offline without an API key)")
+                            help="also log to Weights & Biases (offline without credentials)")
         parser.add_argument("--wandb_project", type=str, default="boneage", help="W&B project")
         parser.add_argument("--wandb_entity", type=str | None, default=None, help="W&B entity (team or user)")
 
     # --- the run layout ------------------------------------------------------------------
+    def _cfg(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
     def _experiment(self) -> tuple[str, Path]:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        cfg = self._cfg()
         name = cfg.get("experiment")
         if not name:
             configs = cfg.get("config") or []
@@ -142,55 +170,165 @@ class BoneAgeCLI(LightningCLI):
         return name, Path(cfg.get("runs_dir") or RUNS_DIR) / name
 
     def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        cfg = self._cfg()
+        stage = self.subcommand or "fit"
         _null_weight_paths(cfg.get("model"))
         name, exp_dir = self._experiment()
+        recipe = cfg.clone()
+        recipe["experiment"], recipe["run"], recipe["ckpt_path"] = name, None, None
+        self._recipe = recipe
+        shared = inherited_run()
+        if shared:  # a DDP child: the parent chose the run and the checkpoint
+            self.run, cfg["ckpt_path"] = Run(Path(shared["dir"])), shared["ckpt"]
+        elif stage == "fit":
+            self.run, cfg["ckpt_path"] = self._fit_run(cfg, name, exp_dir)
+        else:
+            self.run, cfg["ckpt_path"] = self._eval_run(cfg, name, exp_dir, stage)
+        os.environ[RUN_ENV] = json.dumps({"dir": str(self.run.path), "ckpt": cfg["ckpt_path"],
+                                          "pid": int((shared or {}).get("pid") or os.getpid())})
         trainer_cfg = cfg["trainer"]
         if trainer_cfg.get("default_root_dir") in (None, os.getcwd()):
-            trainer_cfg["default_root_dir"] = str(exp_dir)
+            trainer_cfg["default_root_dir"] = str(self.run.path)
         if trainer_cfg.get("logger") in (None, True):
-            version = int(os.environ.get(VERSION_ENV, next_version(exp_dir)))
-            os.environ[VERSION_ENV] = str(version)
-            common = {"save_dir": str(exp_dir.parent), "name": name, "version": version}
+            common = {"save_dir": str(exp_dir.parent), "name": name, "version": self.run.id}
             trainer_cfg["logger"] = [
-                {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": dict(common)},
+                {"class_path": "boneage.loggers.RunCSVLogger", "init_args": dict(common)},
                 {"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
                  "init_args": {**common, "default_hp_metric": False}},
             ]
             if cfg.get("wandb"):
-                trainer_cfg["logger"].append(self._wandb_logger(name, exp_dir, version, cfg))
+                trainer_cfg["logger"].append(self._wandb_logger(name, cfg))
+
+    def _fit_run(self, cfg, name: str, exp_dir: Path) -> tuple[Run, str | None]:
         ckpt = cfg.get("ckpt_path")
-        if self.subcommand in ("validate", "test", "predict") and ckpt in ("best", "last"):
-            cfg["ckpt_path"] = find_checkpoint(exp_dir / "checkpoints", ckpt)
+        wanted = cfg.get("run") or runs.slurm_job_id() and f"slurm-{runs.slurm_job_id()}"
+        if ckpt == "best":
+            raise RunError("fit continues from 'last' (or a checkpoint path); 'best' is for validate/test/predict")
+        if ckpt == "last" and not wanted:
+            try:
+                wanted = runs.resolve_run(exp_dir.parent, name, None, "fit").id
+            except RunError:
+                print(f"no earlier fit run of {name}: starting a new run", file=sys.stderr)
+                ckpt = None
+        if not wanted:  # a new run
+            run = Run(runs.claim_run_dir(exp_dir, "fit"))
+            self._write_info(run, name, "fit", resumed_from=ckpt)
+            return run, ckpt
+        existing = exp_dir / wanted
+        if not (existing / RUN_FILE).is_file():
+            try:
+                existing = runs.resolve_run(exp_dir.parent, name, wanted, "fit").path
+            except RunError:
+                if cfg.get("run") and ckpt == "last":
+                    raise
+        run = Run(existing)
+        if not (run.path / RUN_FILE).is_file():  # a named run that does not exist yet: create it
+            run.path.mkdir(parents=True, exist_ok=True)  # srun tasks of one job all arrive here
+            self._write_info(run, name, "fit", resumed_from=ckpt)
+            return run, ckpt
+        if run.stage != "fit":
+            raise RunError(f"{run.label} is a {run.stage} run; name a fit run to continue")
+        if (run.path / "config.yaml").is_file():
+            import yaml
 
-    def _wandb_logger(self, name: str, exp_dir: Path, version: int, cfg) -> dict:
+            now = yaml.safe_load(self._parser(self.subcommand).dump(self._recipe, skip_none=False))
+            changed = setting_changes(run.config(), now)
+            if changed:
+                raise RunError(f"{run.label} was started with other settings ({'; '.join(changed[:4])}"
+                               f"{' ...' if len(changed) > 4 else ''}): drop --run/RESUME to start a new run, "
+                               "or give the run's own settings")
+        if ckpt in (None, "last"):
+            last = run.path / "checkpoints" / "last.ckpt"
+            ckpt = str(last) if last.is_file() else None
+        if _rank() == 0:
+            print(f"continuing run {run.label} from {ckpt or 'the start (no last.ckpt yet)'}", file=sys.stderr)
+            info = run.info
+            info.setdefault("attempts", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "ckpt": ckpt,
+                                                    "slurm_restart": os.environ.get("SLURM_RESTART_COUNT")})
+            info["status"] = "running"
+            runs.write_json_atomic(run.path / RUN_FILE, info)
+        return run, ckpt
+
+    def _eval_run(self, cfg, name: str, exp_dir: Path, stage: str) -> tuple[Run, str | None]:
+        ckpt, source = cfg.get("ckpt_path"), None
+        if ckpt in ("best", "last"):
+            source = runs.resolve_run(exp_dir.parent, name, cfg.get("run"), "fit")
+            ckpt = str(source.checkpoint(ckpt))
+            if _rank() == 0:
+                print(f"{stage}: run {source.label}, checkpoint {Path(ckpt).name}", file=sys.stderr)
+        elif ckpt:
+            if not Path(ckpt).is_file():
+                raise RunError(f"checkpoint {ckpt} not found: give a file, or --ckpt_path best|last [--run ID]")
+            source = runs.run_of_checkpoint(ckpt)
+        elif cfg.get("run"):
+            raise RunError(f"--run names a fit run for {stage}: add --ckpt_path best or last")
+        job = runs.slurm_job_id()
+        if job:  # every srun task of the job computes the same directory
+            run = Run(exp_dir / f"{stage}-slurm-{job}")
+            run.path.mkdir(parents=True, exist_ok=True)
+        else:
+            run = Run(runs.claim_run_dir(exp_dir, stage))
+        self._write_info(run, name, stage, source_run=source.id if source else None,
+                         source_dir=str(source.path) if source else None, ckpt_path=ckpt)
+        return run, ckpt
+
+    def _write_info(self, run: Run, name: str, stage: str, **extra) -> None:
+        if _rank() != 0:
+            return
+        info = {"id": run.id, "experiment": name, "stage": stage, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "created_ts": time.time(), "status": "running", "argv": sys.argv[1:] or None,
+                "slurm_job": runs.slurm_job_id(), **{k: v for k, v in extra.items() if v is not None}}
+        runs.write_json_atomic(run.path / RUN_FILE, info)
+
+    def _wandb_logger(self, name: str, cfg) -> dict:
         mode = wandb_mode()
-        os.environ["WANDB_MODE"] = mode  # offline without a key: nothing needs the network
-        if mode == "offline" and os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"W&B offline (no API key): the run is written under {exp_dir / 'wandb'}; "
-                  f"upload later with `wandb sync {exp_dir / 'wandb'}/offline-run-*`", file=sys.stderr)
-        return {"class_path": "pytorch_lightning.loggers.WandbLogger",
-                "init_args": {"save_dir": str(exp_dir), "name": f"{name}/version_{version}", "group": name,
-                              "project": cfg.get("wandb_project") or "boneage", "entity": cfg.get("wandb_entity"),
-                              "offline": mode == "offline", "log_model": False, "job_type": self.subcommand}}
+        os.environ["WANDB_MODE"] = mode  # offline without credentials: nothing needs the network
+        run = self.run
+        info = run.info
+        wandb_id = info.get("wandb_id") or os.environ.get("WANDB_RUN_ID")
+        if not wandb_id:
+            import wandb.util
 
-    def instantiate_trainer(self, **kwargs) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
+            wandb_id = wandb.util.generate_id()
+        if _rank() == 0 and info.get("wandb_id") != wandb_id:
+            info["wandb_id"] = wandb_id
+            if os.environ.get("WANDB_SWEEP_ID"):
+                info["wandb_sweep"] = os.environ["WANDB_SWEEP_ID"]
+            runs.write_json_atomic(run.path / RUN_FILE, info)
+        if mode == "offline" and _rank() == 0:
+            print(f"W&B offline (no credentials): the run is written under {run.path / 'wandb'}; "
+                  f"upload later with `wandb sync {run.path / 'wandb'}/offline-run-*`", file=sys.stderr)
+        return {"class_path": "pytorch_lightning.loggers.WandbLogger",
+                "init_args": {"save_dir": str(run.path), "name": run.label, "group": name, "id": wandb_id,
+                              "resume": "allow", "project": cfg.get("wandb_project") or "boneage",
+                              "entity": cfg.get("wandb_entity"), "offline": mode == "offline",
+                              "log_model": False, "job_type": self.subcommand}}
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        cfg = self._cfg()
+        own = [c for c in (config.get("callbacks") or []) if isinstance(c, ModelCheckpoint)]
+        ckpt_dir = str(self.run.path / "checkpoints")
+        for cb in own:  # a user's checkpoint callback without a folder writes into the run
+            if cb.dirpath is None:
+                cb.dirpath = ckpt_dir
+        if not own and config.get("enable_checkpointing") is not False and self.subcommand == "fit":
+            config["callbacks"] = [*(config.get("callbacks") or []),
+                                   *default_checkpoints(self.model, Path(ckpt_dir), cfg.get("last_every_n_epochs") or 1)]
+        trainer = super()._instantiate_trainer(config, callbacks)
+        for cb in trainer.callbacks:
+            if isinstance(cb, BoneAgeSaveConfig):
+                cb.config = self._recipe
         if cfg.get("exact_resume", True) and not any(isinstance(c, ExactResume) for c in trainer.callbacks):
             trainer.callbacks.append(ExactResume())  # after the config's callbacks: it saves their final state
         if cfg.get("wandb") and self.subcommand == "fit":
             trainer.callbacks.append(TrainingSamples())
-        has_own = any(isinstance(c, ModelCheckpoint) and c.dirpath for c in trainer.callbacks)
-        if trainer.checkpoint_callback is not None and not has_own:  # replace Lightning's dir-less default
-            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
-            trainer.callbacks.extend(default_checkpoints(self.model, self._experiment()[1] / "checkpoints",
-                                                         cfg.get("last_every_n_epochs") or 1))
+        if not trainer.progress_bar_callback:
+            trainer.callbacks.append(EpochLines())
         return trainer
 
 
 def default_checkpoints(model: LightningModule, dirpath: Path, last_every_n_epochs: int = 1) -> list[ModelCheckpoint]:
-    """Best (by the system's monitor) and last checkpoints in the experiment's stable folder.
+    """Best (by the system's monitor) and last checkpoints in the run's checkpoints/ folder.
 
     ``last.ckpt`` has its own callback that overwrites it at every checkpointing point (epoch or
     validation end): Lightning's ``save_last=True`` only refreshes "last" when a top-k checkpoint
@@ -222,13 +360,70 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
 
-def default_checkpoint(model: LightningModule, dirpath: Path) -> ModelCheckpoint:
-    """The best-checkpoint callback of :func:`default_checkpoints` (kept for callers of the first version)."""
-    return default_checkpoints(model, dirpath)[0]
+# ------------------------------------------------------------------------------ entry point
+EXPECTED = (RunError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _expected(err: BaseException) -> bool:
+    from data_modules.base import DataError
+
+    return isinstance(err, (*EXPECTED, DataError))
+
+
+def _quiet_lightning() -> None:
+    """Lightning's advertising tips and LightningCLI's args warning are not for our users."""
+    import logging
+
+    class _NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tip:" not in record.getMessage()
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "pytorch_lightning.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoTips())
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+
+
+def _set_status(status: str) -> None:
+    shared = json.loads(os.environ.get(RUN_ENV) or "null")
+    if not shared or _rank() != 0:
+        return
+    path = Path(shared["dir"]) / RUN_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    info["status"] = status
+    info["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    runs.write_json_atomic(path, info)
 
 
 def main(args: list[str] | None = None) -> None:
-    BoneAgeCLI(args=args if args is not None else sys.argv[1:])
+    """The ``boneage`` command. ``args``: the command line without the program name."""
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get("BONEAGE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    _quiet_lightning()
+    inherited = inherited_run() is not None
+    if not inherited:
+        os.environ.pop(RUN_ENV, None)  # left by an earlier command in this process
+    status = "failed"
+    try:
+        BoneAgeCLI(args=argv)
+        status = "finished"
+    except SystemExit as err:  # Lightning's SIGTERMException, argparse errors
+        status = "interrupted" if type(err).__name__ == "SIGTERMException" else "failed"
+        raise
+    except BaseException as err:
+        if debug or not _expected(err):
+            raise
+        print(f"boneage: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if not inherited:
+            _set_status(status)
+            # A finished command releases its run, so the next command in this process (fit, then
+            # test, as in make demo) gets a run directory of its own.
+            os.environ.pop(RUN_ENV, None)
 
 
 if __name__ == "__main__":

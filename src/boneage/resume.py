@@ -70,12 +70,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """Save ``obj`` to ``path`` so that readers see the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"{path.name}.*{TMP_SUFFIX}"):  # left by a killed writer
-        if stale.name != f"{path.name}.{os.getpid()}{TMP_SUFFIX}":
+        pid = stale.name[len(path.name) + 1:-len(TMP_SUFFIX)]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
@@ -199,6 +210,7 @@ class ExactResume(Callback):
         self._loaded: dict[str, Any] | None = None
         self._pending_logs: dict[str, Any] | None = None
         self._sigusr1 = False
+        self._requeue = False
         self._old_usr1: Any = None
         self.saved_on_signal: str | None = None
 
@@ -216,9 +228,14 @@ class ExactResume(Callback):
                 m.persistent(True)  # metric accumulators travel with the checkpoint
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        env = trainer._accelerator_connector.cluster_environment
+        if self.save_on_signal and isinstance(env, SLURMEnvironment):
+            # The requeue is ours: last.ckpt in the run directory, then `scontrol requeue`. Lightning's
+            # own (hpc_ckpt_N.ckpt, written in the middle of a step) is switched off.
+            self._requeue, env.auto_requeue = env.auto_requeue, False
         if self.save_on_signal and threading.current_thread() is threading.main_thread():
-            # Installed before Lightning registers its own SIGUSR1 handler, which would then save
-            # in the middle of a step; ours only takes note and acts at the batch boundary.
+            # Installed before Lightning registers its signal handlers (it keeps ours); ours only
+            # takes note, and the run saves at the next batch boundary or where Lightning stops.
             self._old_usr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -228,6 +245,8 @@ class ExactResume(Callback):
 
     def _on_sigusr1(self, signum: int, frame: Any) -> None:
         self._sigusr1 = True
+        if self._trainer is not None:  # Lightning's loops stop where they check for SIGTERM (validation too)
+            self._trainer._signal_connector.received_sigterm = True
 
     @property
     def _seed(self) -> int:
@@ -280,15 +299,25 @@ class ExactResume(Callback):
         sigterm, sigusr1 = bool(flags[0] > 0), bool(flags[1] > 0)
         if not (sigterm or sigusr1):
             return
-        path = self._save_last(trainer)
-        rank_zero_info(f"ExactResume: {'SIGTERM' if sigterm else 'SIGUSR1'} received; saved {path} "
-                       "at the end of a batch; resume with --ckpt_path last (make train ... RESUME=1)")
-        env = trainer._accelerator_connector.cluster_environment
-        if sigusr1 and isinstance(env, SLURMEnvironment) and env.auto_requeue:
-            trainer._signal_connector._slurm_sigusr_handler_fn(signal.SIGUSR1, None)  # hpc_ckpt + scontrol requeue
-        self._sigusr1 = False
+        self._stop_and_save(trainer, "at the end of a batch", sigusr1)
         # Lightning stops with SIGTERMException at the end of this batch, after logging it, on every rank.
         trainer._signal_connector.received_sigterm = True
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A stop signal that Lightning acted on elsewhere (validation, epoch end, during a checkpoint
+        write): save ``last.ckpt`` where the loops stopped, unless the batch end already did."""
+        if (not self.save_on_signal or self.saved_on_signal is not None or self._trainer is None
+                or type(exception).__name__ != "SIGTERMException"):
+            return
+        self._stop_and_save(trainer, "where training stopped", self._sigusr1)
+
+    def _stop_and_save(self, trainer: pl.Trainer, where: str, sigusr1: bool) -> None:
+        path = self._save_last(trainer)
+        rank_zero_info(f"ExactResume: {'SIGUSR1' if sigusr1 else 'SIGTERM'} received; saved {path} {where}; "
+                       "resume with --ckpt_path last (make train ... RESUME=1), or --run <this run>")
+        if sigusr1 and self._requeue and trainer.is_global_zero:
+            requeue_slurm_job()
+        self._sigusr1 = False
 
     def _save_last(self, trainer: pl.Trainer) -> str:
         cb = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), None)
@@ -313,6 +342,18 @@ class ExactResume(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = dict(state_dict) if state_dict else None
+
+
+def requeue_slurm_job() -> int:
+    """``scontrol requeue`` this SLURM job (array task aware); the requeued job resumes its own run."""
+    import subprocess
+
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ["SLURM_JOB_ID"]
+    result = subprocess.call(["scontrol", "requeue", job])
+    rank_zero_info(f"ExactResume: requeued SLURM job {job}" if result == 0
+                   else f"ExactResume: `scontrol requeue {job}` failed with exit code {result}")
+    return result
 
 
 # --------------------------------------------------------------------------------- logged means
