@@ -224,6 +224,10 @@ class ImageTableDataset(Dataset):
         return len(self.age)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        seed = getattr(i, "augment_seed", None)  # boneage.resume.SeededIndex: exact resume, any worker
+        i = int(i)
+        if seed is not None and self.augment is not None:
+            self.augment.set_random_seed(seed)
         if self.use_cache:
             img = np.array(self.cache.array[i])  # a writable copy of the cached row
         else:

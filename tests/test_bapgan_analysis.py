@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -124,28 +125,70 @@ def test_fid_randconv_ranks_sets_and_inception_needs_a_file(tmp_path: Path) -> N
         create_fid("vgg")
 
 
-def test_table1_from_run_folders(tmp_path: Path) -> None:
+def _run(root: Path, exp: str, rid: str, t: float, stage: str = "fit", source: str | None = None,
+         metrics: list[dict] | None = None) -> str:
+    """A run directory as ``boneage`` writes it (run.json, metrics.csv), created at time ``t``."""
+    folder = root / exp / rid
+    folder.mkdir(parents=True)
+    info = {"id": rid, "experiment": exp, "stage": stage, "created_ts": t}
+    if source:
+        info["source_run"] = source
+    (folder / "run.json").write_text(json.dumps(info))
+    if metrics is not None:
+        pd.DataFrame(metrics).to_csv(folder / "metrics.csv", index=False)
+    return rid
+
+
+def test_table1_reads_each_experiments_fit_run_and_its_newest_test(tmp_path: Path, capsys) -> None:
     from boneage.analysis.bapgan_table1 import main, table1
+    from boneage.runs import RunError
 
-    def run(exp: str, version: int, rows: list[dict]) -> None:
-        folder = tmp_path / exp / f"version_{version}"
-        folder.mkdir(parents=True)
-        pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+    old = _run(tmp_path, "bapgan_femur", "20260101-000000-aaaa", 1)
+    _run(tmp_path, "bapgan_femur", "test-20260101-010000-aaaa", 2, "test", old,
+         [{"step": 3, "test/fid_randconv": 50.0}])
+    new = _run(tmp_path, "bapgan_femur", "20260102-000000-bbbb", 3, metrics=[{"step": 9, "train/recon_l2": 0.1}])
+    first = _run(tmp_path, "bapgan_femur", "test-20260102-010000-bbbb", 4, "test", new,
+                 [{"step": 9, "test/fid_randconv": 45.0}])
+    # a predict run (no true ages, no FID) between and after the test runs: never a test result
+    _run(tmp_path, "bapgan_femur", "predict-20260102-020000-bbbb", 5, "predict", new, [{"step": 9}])
+    _run(tmp_path, "bapgan_femur", "test-20260102-030000-bbbb", 6, "test", new,
+         [{"step": 9, "test/fid_randconv": 40.0}])
+    _run(tmp_path, "bapgan_femur", "predict-20260102-040000-bbbb", 7, "predict", new, [{"step": 9}])
+    (tmp_path / "bapgan_femur" / "version_0").mkdir()                   # the old layout is not read
+    pd.DataFrame([{"test/fid_randconv": 1.0}]).to_csv(tmp_path / "bapgan_femur" / "version_0" / "metrics.csv")
+    caae = _run(tmp_path, "bapgan_caae_femur", "20260101-000000-cccc", 1)
+    _run(tmp_path, "bapgan_caae_femur", "test-20260101-010000-cccc", 2, "test", caae,
+         [{"step": 3, "test/fid_randconv": 70.0}])
 
-    run("bapgan_femur", 0, [{"step": 3, "train/recon_l2": 0.2}, {"step": 3, "test/fid_randconv": 50.0}])
-    run("bapgan_femur", 1, [{"step": 9, "test/fid_randconv": 40.0}])      # newest wins
-    run("bapgan_femur", 2, [{"step": 9, "train/recon_l2": 0.1}])         # no test yet: skipped
-    run("bapgan_caae_femur", 0, [{"step": 3, "test/fid_randconv": 70.0}])
     table = table1(tmp_path).set_index("experiment")
-    assert table.loc["bapgan_femur", "FID"] == 40.0 and table.loc["bapgan_caae_femur", "FID"] == 70.0
+    assert table.loc["bapgan_femur", "FID"] == 40.0 and table.loc["bapgan_femur", "run"] == new
     assert table.loc["bapgan_femur", "scope"] == "test split"
-    summary = tmp_path / "bapgan_femur" / "bapgan_eval" / "fid.json"   # whole-data FID wins
+    assert table.loc["bapgan_caae_femur", "FID"] == 70.0
+    assert np.isnan(table.loc["bapgan_phalange", "FID"]) and table.loc["bapgan_phalange", "run"] == ""
+    assert table.loc["bapgan_caae_sa_femur", "SA"] and not table.loc["bapgan_caae_sa_femur", "D_age"]
+    # a named fit run, or a named test run, instead of the newest
+    assert table1(tmp_path, {"bapgan_femur": old}).set_index("experiment").loc["bapgan_femur", "FID"] == 50.0
+    assert table1(tmp_path, {"bapgan_femur": first}).set_index("experiment").loc["bapgan_femur", "FID"] == 45.0
+    # the whole-data FID bapgan_eval wrote into the fit run wins over its test-split FID
+    summary = tmp_path / "bapgan_femur" / new / "bapgan_eval" / "fid.json"
     summary.parent.mkdir()
     summary.write_text('{"metric": "fid_randconv", "value": 33.0, "scope": "all splits"}')
-    assert table1(tmp_path).set_index("experiment").loc["bapgan_femur", "FID"] == 33.0
-    assert np.isnan(table.loc["bapgan_phalange", "FID"])
-    assert table.loc["bapgan_caae_sa_femur", "SA"] and not table.loc["bapgan_caae_sa_femur", "D_age"]
-    assert main(["--logs", str(tmp_path), "--out", str(tmp_path / "t1.csv")]) == 0
-    run("bapgan_caae_sa_femur", 0, [{"step": 3, "test/fid_inception": 120.0}])
-    with pytest.raises(ValueError, match="different FID feature extractors"):
+    row = table1(tmp_path).set_index("experiment").loc["bapgan_femur"]
+    assert row["FID"] == 33.0 and row["scope"] == "all splits"
+    # a newer fit run not evaluated yet is the default: no FID, and the table says so
+    _run(tmp_path, "bapgan_femur", "20260103-000000-dddd", 8)
+    assert np.isnan(table1(tmp_path).set_index("experiment").loc["bapgan_femur", "FID"])
+    assert main(["--runs-dir", str(tmp_path), "--out", str(tmp_path / "t1.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "using run bapgan_femur/20260103-000000-dddd (the newest fit run)" in out
+    assert "no FID yet" in out and "bapgan_femur" in out.split("no FID yet")[1]
+    assert main(["--runs-dir", str(tmp_path), "--run", f"bapgan_femur/{new}"]) == 0
+    assert "33.0" in capsys.readouterr().out
+    # a run that is not there, or FIDs of two feature extractors: one clear line / a refusal
+    assert main(["--runs-dir", str(tmp_path), "--run", "bapgan_femur=nope"]) == 2
+    assert "no fit run 'nope'" in capsys.readouterr().err
+    sa = _run(tmp_path, "bapgan_caae_sa_femur", "20260101-000000-eeee", 1)
+    _run(tmp_path, "bapgan_caae_sa_femur", "test-20260101-010000-eeee", 2, "test", sa,
+         [{"step": 3, "test/fid_inception": 120.0}])
+    with pytest.raises(RunError, match="different FID feature extractors"):
         table1(tmp_path)

@@ -27,22 +27,30 @@ def test_evaluation_commands(tmp_path: Path, run_cli) -> None:
     runs = tmp_path / "runs"
     for exp in ("bapgan_caae_femur", "bapgan_femur"):
         run_cli("fit", "--config", str(ROOT / "experiments" / f"{exp}.yaml"), "--config", str(tiny))
-    common = ["--runs_dir", str(runs), "--ckpt", "last", "--extra_config", str(tiny)]
-    config = str(ROOT / "experiments" / "bapgan_femur.yaml")
-    assert bapgan_eval.main(["fid", "--config", config, *common]) == 0
-    summary = json.loads((runs / "bapgan_femur" / "bapgan_eval" / "fid.json").read_text())
+    (run,) = [p.parent for p in (runs / "bapgan_femur").glob("*/run.json")]
+    common = ["--runs-dir", str(runs), "--ckpt", "last"]
+    one = [*common, "--experiment", "bapgan_femur"]
+    assert bapgan_eval.main(["fid", *one]) == 0
+    summary = json.loads((run / "bapgan_eval" / "fid.json").read_text())
     assert summary["metric"] == "fid_randconv" and summary["n_images"] == 120 and summary["value"] > 0
-    assert bapgan_eval.main(["figures", "--config", config, *common]) == 0
-    assert (runs / "bapgan_femur" / "bapgan_eval" / "progression_grid.png").is_file()
-    out = tmp_path / "vtt"
-    assert bapgan_eval.main(["vtt", "--config", config, *common, "--out", str(out), "--n_real", "4",
-                             "--n_pairs", "3"]) == 0
-    key = pd.read_csv(out / "answer_key" / "realism.csv")
+    assert bapgan_eval.main(["figures", *one, "--run", run.name]) == 0
+    assert (run / "bapgan_eval" / "progression_grid.png").is_file()
+    assert bapgan_eval.main(["vtt", *one, "--n_real", "4", "--n_pairs", "3"]) == 0
+    key = pd.read_csv(run / "vtt" / "answer_key" / "realism.csv")
     assert sorted(set(key.truth)) == ["R", "S"]
-    assert len(list((out / "readers" / "realism").glob("*.png"))) == len(key)
-    assert bapgan_eval.main(["tsne", "--dataset", "femur", "--experiments", str(ROOT / "experiments"),
-                             *common, "--per_group", "6", "--out", str(tmp_path / "tsne.png")]) == 0
-    assert (tmp_path / "tsne.png").is_file()
+    assert len(list((run / "vtt" / "readers" / "realism").glob("*.png"))) == len(key)
+    assert json.loads((run / "vtt" / "answer_key" / "study.json").read_text())["run"] == run.name
+    perfect = tmp_path / "perfect"   # a reader who is always right, scored from the run's study
+    perfect.mkdir()
+    key.rename(columns={"truth": "answer"})[["case", "answer"]].to_csv(perfect / "realism_sheet.csv", index=False)
+    for task in bapgan_vtt.TASKS:
+        if (run / "vtt" / "answer_key" / f"{task}.csv").is_file():
+            pd.read_csv(run / "vtt" / "answer_key" / f"{task}.csv")[["pair", "answer"]].to_csv(
+                perfect / f"{task}_sheet.csv", index=False)
+    assert bapgan_vtt.main(["score", "--runs-dir", str(runs), "--experiment", "bapgan_femur",
+                            "--reader", f"P={perfect}"]) == 0
+    assert pd.read_csv(run / "vtt" / "scores" / "table2.csv").loc[0, "accuracy"] == 100.0
+    assert bapgan_eval.main(["tsne", "--dataset", "femur", *common, "--per_group", "6"]) == 0
+    assert (run / "bapgan_eval" / "tsne.png").is_file()
     table = bapgan_table1.table1(runs).set_index("experiment")
-    assert table.loc["bapgan_femur", "scope"] == "all splits"
-    assert bapgan_vtt.TASKS == ("progression", "regression")
+    assert table.loc["bapgan_femur", "scope"] == "all splits" and table.loc["bapgan_femur", "run"] == run.name

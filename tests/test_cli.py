@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from boneage.cli import find_checkpoint, next_version
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,17 +32,6 @@ def test_make_with_unknown_experiment_lists_the_experiments():
     out = subprocess.run(["make", "-s", "check-exp", "EXP=nope"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0
     assert "Unknown experiment 'nope'" in out.stdout and "regressor_rsna" in out.stdout
-
-
-def test_versions_and_checkpoint_lookup(tmp_path):
-    assert next_version(tmp_path) == 0
-    (tmp_path / "version_0").mkdir()
-    (tmp_path / "version_3").mkdir()
-    assert next_version(tmp_path) == 4
-    with pytest.raises(FileNotFoundError, match="no 'best' checkpoint"):
-        find_checkpoint(tmp_path, "best")
-    (tmp_path / "best-epoch001-step10.ckpt").write_text("x")
-    assert find_checkpoint(tmp_path, "best").endswith("best-epoch001-step10.ckpt")
 
 
 def test_null_weights_path_on_the_command_line_means_no_weights(monkeypatch, tmp_path):

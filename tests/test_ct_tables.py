@@ -1,4 +1,4 @@
-"""Tables 1-4 of the whole-body CT paper from synthetic predictions.csv files."""
+"""Tables 1-4 of the whole-body CT paper from predictions.csv files and from runs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from boneage.analysis import ct_tables as T
 
@@ -71,7 +72,7 @@ def test_numeric_sex_and_region_table(tmp_path):
 
 
 def test_bad_predictions_name_file_row_and_columns(tmp_path):
-    with pytest.raises(FileNotFoundError, match="make eval"):
+    with pytest.raises(FileNotFoundError, match="missing.csv not found.*make eval"):
         T.read_predictions(tmp_path / "missing.csv")
     p = tmp_path / "p.csv"
     pd.DataFrame({"foo": [1.0], "age": [2.0]}).to_csv(p, index=False)
@@ -85,23 +86,61 @@ def test_bad_predictions_name_file_row_and_columns(tmp_path):
         T.read_predictions(p)
 
 
+_CLOCK = iter(range(1_000_000))
+
+
+def _run(runs, exp, run_id, stage="fit", source=None, labels=None, predictions=None):
+    """A run directory as the CLI leaves it (run.json, config.yaml, predictions.csv), created in order."""
+    path = runs / exp / run_id
+    path.mkdir(parents=True)
+    info = {"id": run_id, "experiment": exp, "stage": stage, "created_ts": 1e9 + next(_CLOCK)}
+    if source is not None:
+        info.update(source_run=source.name, source_dir=str(source))
+    (path / "run.json").write_text(json.dumps(info))
+    data = {"class_path": "data_modules.wholebody.WholeBodyCTDataModule",
+            "init_args": {"csv_path": str(labels or "data/wholebody_ct/labels.csv")}}
+    (path / "config.yaml").write_text(yaml.safe_dump({"experiment": exp, "data": data}))
+    if predictions is not None:
+        predictions.to_csv(path / "predictions.csv", index=False)
+    return path
+
+
+def _frame(ages, preds, sex, truth=True):
+    frame = pd.DataFrame({"index": np.arange(len(ages)), "pred_years": preds})
+    if truth:
+        frame["true_years"], frame["sex"] = ages, sex
+    return frame
+
+
+def _labels(folder, n_female, n_male, floor):
+    folder.mkdir(parents=True)
+    pd.DataFrame({"image": ["a.png"] * (n_female + n_male), "age_years": 1.0,
+                  "sex": ["F"] * n_female + ["M"] * n_male}).to_csv(folder / "labels.csv", index=False)
+    (folder / "phantom.json").write_text(json.dumps({"noise_floor_mae": floor}))
+    return folder / "labels.csv"
+
+
 def test_command_line_writes_all_tables_from_runs(tmp_path, capsys):
-    logs = tmp_path / "lightning_logs"
+    """Each model: the newest fit run, its newest test run; a later predict run and a later test
+    of an older fit run change nothing; labels and floor come from each run's own config."""
+    runs = tmp_path / "runs"
+    labels = _labels(tmp_path / "data", 40, 10, 2.0)
     rng = np.random.default_rng(0)
     ages = rng.uniform(1, 87, 40)
     sex = np.where(rng.random(40) < 0.8, "F", "M")
     for exp, err in [("ct_vgg16", 8.0), ("ct_googlenet", 5.0), ("ct_resnet", 5.5), ("ct_hvgg", 4.0),
                      ("ct_early", 6.0), ("ct_up", 4.0), ("ct_low", 5.0)]:
-        _write(logs / exp / "version_0" / "predictions.csv", ages, ages + rng.normal(0, 1, 40), sex)
-        _write(logs / exp / "version_1" / "predictions.csv", ages,
-               ages + err * np.sign(rng.normal(size=40)), sex)
-    data = tmp_path / "data"
-    data.mkdir()
-    pd.DataFrame({"image": ["a.png"] * 50, "age_years": 1.0, "sex": ["F"] * 40 + ["M"] * 10}).to_csv(
-        data / "labels.csv", index=False)
-    (data / "phantom.json").write_text(json.dumps({"noise_floor_mae": 2.0}))
+        old = _run(runs, exp, "20260101-000000-aaaa", labels=labels)
+        _run(runs, exp, "test-20260101-000100-aaaa", "test", old, predictions=_frame(ages, ages + 1.0, sex))
+        new = _run(runs, exp, "20260102-000000-bbbb", labels=labels)
+        _run(runs, exp, "test-20260102-000100-bbbb", "test", new, predictions=_frame(ages, ages + 30.0, sex))
+        _run(runs, exp, "test-20260102-000200-bbbb", "test", new,
+             predictions=_frame(ages, ages + err * np.sign(rng.normal(size=40)), sex))
+        _run(runs, exp, "predict-20260102-000300-bbbb", "predict", new,
+             predictions=_frame(ages, ages + 50.0, sex, truth=False))
+        _run(runs, exp, "test-20260102-000400-aaaa", "test", old, predictions=_frame(ages, ages + 20.0, sex))
     out = tmp_path / "reports"
-    rc = T.main(["--logs", str(logs), "--out", str(out), "--labels", str(data / "labels.csv"),
+    rc = T.main(["--runs-dir", str(runs), "--out", str(out),
                  "--model", "Fine-tuned VGGNet (A)=ct_vgg16",
                  "--model", "Fine-tuned GoogLeNet (B)=ct_googlenet",
                  "--model", "Fine-tuned ResNet (C)=ct_resnet", "--model", "Early fusion=ct_early",
@@ -109,10 +148,77 @@ def test_command_line_writes_all_tables_from_runs(tmp_path, capsys):
                  "--upper", "ct_up", "--lower", "ct_low", "--sex", "ct_hvgg"])
     assert rc == 0
     t2 = pd.read_csv(out / "table2.csv").set_index("Model")
-    assert t2.loc["Fine-tuned VGGNet (A)", "MAE (years)"] == pytest.approx(8.0)  # newest version used
+    assert t2.loc["Fine-tuned VGGNet (A)", "MAE (years)"] == pytest.approx(8.0)
     assert t2.loc["Ours", "MAE / floor"] == pytest.approx(2.0)
     assert "Late fusion of (A), (B), and (C)" in t2.index
     assert pd.read_csv(out / "table4.csv")["Number of data"].tolist() == [40, 10]
-    assert (out / "table1.csv").is_file() and (out / "table3.csv").is_file()
+    assert pd.read_csv(out / "table3.csv")["MAE (years)"].tolist() == [4.0, 5.0]
+    assert (out / "table1.csv").is_file()
     assert "| Model | MAE (years)" in (out / "tables.md").read_text()
-    assert "wrote table1, table2, table3, table4" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Ours: fit run ct_hvgg/20260102-000000-bbbb, test run ct_hvgg/test-20260102-000200-bbbb" in printed
+    assert "wrote table1, table2, table3, table4" in printed
+
+
+def test_named_runs_and_labels_of_the_run(tmp_path):
+    """EXP/<fit run> takes that run's newest test; EXP/<test run> takes that test; the label CSV
+    defaults to the one the fit run trained on (an override), --labels replaces it."""
+    runs = tmp_path / "runs"
+    own = _labels(tmp_path / "mine", 3, 2, 1.0)
+    other = _labels(tmp_path / "other", 1, 4, 4.0)
+    ages, sex = np.array([10.0, 20.0, 30.0, 40.0, 50.0]), ["F", "M", "F", "M", "F"]
+    old = _run(runs, "ct_hvgg", "20260101-000000-aaaa", labels=own)
+    first = _run(runs, "ct_hvgg", "test-20260101-000100-aaaa", "test", old, predictions=_frame(ages, ages + 2, sex))
+    _run(runs, "ct_hvgg", "test-20260101-000200-aaaa", "test", old, predictions=_frame(ages, ages + 3, sex))
+    _run(runs, "ct_hvgg", "20260102-000000-bbbb", labels=other)  # newer fit run, never tested
+    out = tmp_path / "out"
+    assert T.main(["--runs-dir", str(runs), "--out", str(out), "--sex", "ct_hvgg/20260101"]) == 0
+    t4 = pd.read_csv(out / "table4.csv")
+    assert t4["Number of data"].tolist() == [3, 2] and t4["MAE (years)"].tolist() == [3.0, 3.0]
+    assert t4["MAE / floor"].tolist() == [3.0, 3.0]
+    assert T.main(["--runs-dir", str(runs), "--out", str(out), "--sex", f"ct_hvgg/{first.name}"]) == 0
+    assert pd.read_csv(out / "table4.csv")["MAE (years)"].tolist() == [2.0, 2.0]
+    assert T.main(["--runs-dir", str(runs), "--out", str(out), "--sex", str(first), "--labels", str(other)]) == 0
+    assert pd.read_csv(out / "table4.csv")["Number of data"].tolist() == [1, 4]
+
+
+def test_unknown_or_untested_run_is_one_clear_line(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fit = _run(runs, "ct_vgg16", "20260101-000000-aaaa")
+    predict = _run(runs, "ct_vgg16", "predict-20260101-000100-aaaa", "predict", fit,
+                   predictions=_frame(np.ones(3), np.ones(3), ["F"] * 3, truth=False))
+    args = ["--runs-dir", str(runs), "--out", str(tmp_path / "out"), "--model"]
+    assert T.main(args + ["A=ct_vgg16/nope"]) == 2
+    assert "no fit run 'nope' in" in capsys.readouterr().err
+    assert T.main(args + ["A=ct_vgg99"]) == 2
+    assert "no fit run of 'ct_vgg99'" in capsys.readouterr().err
+    assert T.main(args + ["A=ct_vgg16"]) == 2  # its only evaluation is a predict run
+    err = capsys.readouterr().err
+    assert "ct_vgg16/20260101-000000-aaaa has no test run yet" in err and "--ckpt_path best" in err
+    assert T.main(args + [f"A={predict}"]) == 2
+    assert "is a predict run, not a test" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_runs_with_a_predict_run_after_the_test(run_cli, tmp_path, tmp_path_factory, monkeypatch, capsys):
+    """The real commands: fit on an override CSV, test, then predict; the tables read the test
+    run and count Table 4 from the CSV the run was trained on (the experiment's own is not there)."""
+    from data_modules.wholebody import WholeBodyCTDataModule
+
+    data = WholeBodyCTDataModule.phantom_args(tmp_path_factory.mktemp("ct"), n=40, seed=0)
+    args = ["--config", "experiments/ct_vgg16.yaml", "--config", "tests/configs/ct_vgg16.yaml",
+            "--data.init_args.csv_path", data["csv_path"], "--data.init_args.num_workers", "0"]
+    runs = run_cli("fit", *args, "--trainer.max_epochs", "1")
+    run_cli("test", *args, "--ckpt_path", "best")
+    run_cli("predict", *args, "--ckpt_path", "best")
+    stages = sorted(json.loads((d / "run.json").read_text())["stage"] for d in (runs / "ct_vgg16").iterdir())
+    assert stages == ["fit", "predict", "test"]
+    monkeypatch.chdir(tmp_path)  # the experiment's default CSV (data/wholebody_ct/labels.csv) is not here
+    out = tmp_path / "out"
+    assert T.main(["--runs-dir", str(runs), "--out", str(out), "--model", "A=ct_vgg16", "--sex", "ct_vgg16"]) == 0
+    t4 = pd.read_csv(out / "table4.csv").set_index("Gender")
+    labels = pd.read_csv(data["csv_path"])
+    assert t4.loc["Female", "Number of data"] == (labels["sex"] == "F").sum()
+    assert t4["n test"].sum() == pd.read_csv(out / "table2.csv")["n test"].item() == 12
+    assert "MAE / floor" in t4.columns  # the phantom beside the override CSV
+    assert "test run ct_vgg16/test-" in capsys.readouterr().out

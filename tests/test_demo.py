@@ -18,13 +18,18 @@ def test_demo_prints_the_mae_table(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     for row in ("test MAE (months)", "phantom noise floor", "MAE / floor", "MAE of predicting the training mean"):
         assert row in out
-    run = sorted((tmp_path / "runs" / "demo_rsna").glob("version_*"))[-1]
+    from boneage.runs import find_runs
+
+    (fit, ), (test, ) = (find_runs(tmp_path / "runs", "demo_rsna", stage=s) for s in ("fit", "test"))
+    run = test.path
+    assert test.info["source_run"] == fit.id  # the test run records which fit run it evaluated
+    assert "epoch 1/1" in out  # progress: one line per epoch
     summary = json.loads((run / "demo_summary.json").read_text())
     mae, floor = float(summary["test MAE (months)"]), float(summary["phantom noise floor (months)"])
     assert abs(float(summary["MAE / floor"]) - mae / floor) < 0.01
     assert (run / "predictions.csv").is_file()
     # fit and test ran in one process: each has its own run directory, the learning curve is kept
-    fit_run = sorted((tmp_path / "runs" / "demo_rsna").glob("version_*"))[-2]
+    fit_run = fit.path
     curve = pd.read_csv(fit_run / "metrics.csv")
     assert {"train/loss", "val/mae"} <= set(curve.columns) and curve["val/mae"].notna().any()
     assert "test/mae" in pd.read_csv(run / "metrics.csv").columns

@@ -9,6 +9,7 @@ import torch
 
 from boneage.models.backbones import create_backbone
 from boneage.models.regressor import SexAwareRegressor
+from boneage.runs import find_runs
 
 
 @pytest.mark.parametrize("backbone", ["resnet10t", "tv_googlenet", "mobilenetv3_small_050"])  # last: pre-logits head
@@ -65,12 +66,14 @@ def test_regressor_learns_on_the_phantom(rsna_phantom_400, run_cli):
               "--model.init_args.scheduler", "null", "--trainer.max_epochs", "20"]
     runs = run_cli("fit", *common)
     run_cli("test", *common, "--ckpt_path", "best")
-    exp = runs / "learn"
-    assert (exp / "checkpoints" / "last.ckpt").is_file() and list((exp / "checkpoints").glob("best*.ckpt"))
-    run = sorted(exp.glob("version_*"))[-1]
+    (fit,), (test,) = (find_runs(runs, "learn", stage=s) for s in ("fit", "test"))
+    ckpts = fit.path / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file() and list(ckpts.glob("best*.ckpt"))
+    assert test.info["ckpt_path"] == str(fit.checkpoint("best"))  # the test run says what it evaluated
+    run = test.path
     pred = pd.read_csv(run / "predictions.csv")
     assert len(pred) == 40 and {"path", "pred_months", "true_months", "sex", "abs_error"} <= set(pred.columns)
-    assert "val/mae" in pd.read_csv(sorted(exp.glob("version_*"))[0] / "metrics.csv").columns
+    assert "val/mae" in pd.read_csv(fit.path / "metrics.csv").columns
     table = pd.read_csv(rsna_phantom / "boneage-training-dataset.csv")
     train_mean = table[~table["id"].astype(str).isin(pred["path"].map(lambda p: p.rsplit("/", 1)[1][:-4]))]
     mean_mae = np.abs(pred["true_months"] - train_mean["boneage"].mean()).mean()
@@ -91,7 +94,7 @@ def test_predict_writes_a_csv_for_a_folder(rsna_phantom, run_cli, tmp_path):
     runs = run_cli("fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
     folder = rsna_phantom / "boneage-training-dataset"
     run_cli("predict", *common, "--ckpt_path", "last", "--data.init_args.predict_dir", str(folder))
-    run = sorted((runs / "pred").glob("version_*"))[-1]
+    run = find_runs(runs, "pred", stage="predict")[-1].path
     pred = pd.read_csv(run / "predictions.csv")
     assert len(pred) == len(list(folder.glob("*.png"))) and pred["pred_months"].notna().all()
 
@@ -106,7 +109,8 @@ def test_checkpoint_rebuilds_the_model_without_the_config(rsna_phantom, run_cli)
               "--model.init_args.network.init_args.backbone", "test_resnet",
               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
     runs = run_cli("fit", *common)
-    model = AgeRegressor.load_from_checkpoint(runs / "reload" / "checkpoints" / "last.ckpt", map_location="cpu")
+    last = find_runs(runs, "reload")[-1].checkpoint("last")
+    model = AgeRegressor.load_from_checkpoint(last, map_location="cpu")
     table = pd.read_csv(rsna_phantom / "boneage-training-dataset.csv")
     assert model.network.use_sex and abs(float(model.age_mean) - table["boneage"].mean()) < 15
     out = model.eval()(torch.zeros(2, 1, 64, 64), torch.tensor([0.0, 1.0]))

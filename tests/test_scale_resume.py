@@ -3,6 +3,7 @@ with the weights and logged metrics of the same run left uninterrupted; checkpoi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from scale_helpers import (
     assert_same_weights,
     epoch_metrics,
     family_args,
+    fit_run,
     last_weights,
     phantom_data_args,
     present_families,
@@ -25,9 +27,9 @@ from scale_helpers import (
 REGRESSOR = ["--config", "experiments/regressor_rsna.yaml", "--config", "tests/configs/scale/regressor_tiny.yaml"]
 
 
-def preempt(step: int, sig: str) -> list[str]:
+def preempt(step: int, sig: str, phase: str = "train") -> list[str]:
     return ["--trainer.callbacks+=boneage.resume.Preempt", f"--trainer.callbacks.at_step={step}",
-            f"--trainer.callbacks.signal_name={sig}"]
+            f"--trainer.callbacks.signal_name={sig}", f"--trainer.callbacks.phase={phase}"]
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", pytest.param("SIGUSR1", marks=pytest.mark.slow(
@@ -37,15 +39,36 @@ def test_regressor_resumes_exactly_after_a_signal_mid_epoch(sig, run_cli, rsna_p
     runs = run_cli("fit", *args, "--experiment", "straight")
     with pytest.raises(SystemExit):
         run_cli("fit", *args, "--experiment", "stopped", *preempt(9, sig))  # epoch 1 of 2, mid-epoch
-    stopped = torch.load(runs / "stopped" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    stopped = torch.load(fit_run(runs / "stopped") / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=False)
     assert stopped["global_step"] == 9 and stopped["epoch"] == 1  # saved at the batch boundary, mid-epoch
     assert stopped["callbacks"]["ExactResume"]["batches_done"] > 0
     run_cli("fit", *args, "--experiment", "stopped", "--ckpt_path", "last")
+    assert len(list((runs / "stopped").iterdir())) == 1  # the resume continued the same run directory
 
     assert_same_weights(last_weights(runs / "straight"), last_weights(runs / "stopped"))
     straight, resumed = epoch_metrics(runs / "straight"), epoch_metrics(runs / "stopped")
     assert list(resumed.index) == list(straight.index) == [0, 1]
     for key in ("train/loss", "train/mae", "val/loss", "val/mae", "val/mae_best"):
+        assert resumed[key].tolist() == pytest.approx(straight[key].tolist(), rel=1e-5), key
+
+
+@pytest.mark.parametrize("phase,step", [("validation", 6), ("checkpoint", 6)])
+def test_sigterm_during_validation_or_a_checkpoint_write_resumes_exactly(phase, step, run_cli, rsna_phantom):
+    """SIGTERM while epoch 0 validates (or while its last.ckpt is written): the run saves where it
+    stopped, and the resumed run ends with the weights and validation curve of the run left alone
+    (the plateau scheduler reads that validation, so a skipped one would change the weights)."""
+    args = [*REGRESSOR, *phantom_data_args(rsna_phantom)]
+    runs = run_cli("fit", *args, "--experiment", "straight")
+    with pytest.raises(SystemExit):
+        run_cli("fit", *args, "--experiment", "stopped", *preempt(step, "SIGTERM", phase))
+    run = fit_run(runs / "stopped")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    run_cli("fit", *args, "--experiment", "stopped", "--ckpt_path", "last")
+    assert_same_weights(last_weights(runs / "straight"), last_weights(runs / "stopped"))
+    straight, resumed = epoch_metrics(runs / "straight"), epoch_metrics(runs / "stopped")
+    for key in ("val/mae", "val/loss", "train/loss"):
         assert resumed[key].tolist() == pytest.approx(straight[key].tolist(), rel=1e-5), key
 
 
@@ -113,7 +136,8 @@ def test_gan_resumes_exactly_after_sigterm_mid_epoch(family, run_cli, tmp_path):
     runs = run_cli("fit", *args, "--experiment", "straight")
     with pytest.raises(SystemExit):
         run_cli("fit", *args, "--experiment", "stopped", *preempt(at_step, "SIGTERM"))
-    stopped = torch.load(runs / "stopped" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    stopped = torch.load(fit_run(runs / "stopped") / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=False)
     assert stopped["epoch"] == 1 and 0 < stopped["callbacks"]["ExactResume"]["batches_done"]
     run_cli("fit", *args, "--experiment", "stopped", "--ckpt_path", "last")
 

@@ -1,6 +1,12 @@
-"""TJNetSystem: transfer from a checkpoint with frozen blocks, test outputs, and learning."""
+"""TJNetSystem: transfer from a checkpoint with frozen blocks, test outputs, and learning;
+the transfer names its source run and the transfer run records the checkpoint it started from."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,16 +14,37 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from boneage.analysis import tjnet_tables
 from boneage.models.tjnet import tjnet_tiny
 from boneage.phantoms import tongji
 from boneage.phantoms.common import read_metadata
+from boneage.runs import resolve_run
 from boneage.systems.tjnet import TJNetSystem, load_network_weights
+from boneage.systems.tjnet import main as transfer_source_main
+from data_modules.rsna import RSNADataModule
 from data_modules.tongji import TongjiDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+# tiny runs of the real commands: 3 training and 2 validation batches, one epoch
+TINY = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+        "--data.init_args.num_workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def tongji_root(tmp_path_factory):
     return tongji.render(tmp_path_factory.mktemp("tongji"), n=64, seed=2, size=96, progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def rsna_args(tmp_path_factory):
+    root = RSNADataModule.phantom_args(tmp_path_factory.mktemp("rsna"), n=48, seed=0, size=96)
+    return ["--config", "experiments/tjnet_rsna.yaml", "--config", "tests/configs/tjnet_rsna.yaml",
+            "--data.init_args.data_dir", root["data_dir"], *TINY]
+
+
+def _tongji_args(tongji_root) -> list[str]:
+    return ["--config", "experiments/tjnet_tongji.yaml", "--config", "tests/configs/tjnet_tongji.yaml",
+            "--data.init_args.csv_path", str(tongji_root / "labels.csv"), *TINY]
 
 
 def _trainer(tmp_path, **kw) -> pl.Trainer:
@@ -83,6 +110,64 @@ def test_init_checkpoint_errors(tmp_path):
     torch.save({"state_dict": {"network.backbone.conv1.weight": torch.zeros(3)}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="no TJ-Net feature blocks"):
         load_network_weights(net, tmp_path / "other.ckpt")
+
+
+def test_transfer_names_its_source_run_and_records_it(run_cli, rsna_args, tongji_root, tmp_path, capsys):
+    runs = run_cli("fit", *rsna_args)
+    source = resolve_run(runs, "tjnet_rsna")
+    capsys.readouterr()
+    # the source: the best checkpoint of the newest tjnet_rsna fit run, named on stderr
+    assert transfer_source_main(["--runs-dir", str(runs)]) == 0
+    out, err = capsys.readouterr()
+    ckpt = Path(out.strip())
+    assert ckpt == source.checkpoint("best") and ckpt.name.startswith("best-")
+    assert f"run {source.label} (the newest fit run), checkpoint {ckpt}" in err
+    assert transfer_source_main(["--runs-dir", str(runs), "--run", source.id[:8]]) == 0
+    assert Path(capsys.readouterr().out.strip()) == ckpt
+    assert transfer_source_main(["--runs-dir", str(runs), "--run", "nope"]) == 2
+    assert "no fit run 'nope' in" in capsys.readouterr().err
+    # the transfer starts from it, and its config.yaml says so
+    tongji = [*_tongji_args(tongji_root), "--experiment", "tjnet_tongji_freeze3",
+              "--model.init_args.freeze_blocks", "3", "--model.init_args.init_checkpoint", str(ckpt)]
+    run_cli("fit", *tongji)
+    assert f"network tensors from {ckpt}" in capsys.readouterr().out
+    fit = resolve_run(runs, "tjnet_tongji_freeze3")
+    assert fit.config()["model"]["init_args"]["init_checkpoint"] == str(ckpt)
+    run_cli("test", *tongji, "--ckpt_path", "best")
+    # Table 2 reads the named transfer run: test metrics from its test run, training accuracy from it
+    out_dir = tmp_path / "tables"
+    assert tjnet_tables.main(["--runs-dir", str(runs), "--out", str(out_dir),
+                              "--run", f"tjnet_tongji_freeze3/{fit.id}"]) == 0
+    row = pd.read_csv(out_dir / "table2.csv").set_index("pretrained blocks").loc["Blocks 1-3"]
+    assert row["fit run"] == fit.label and row["run"] == fit.evaluations("test")[-1].label
+    assert np.isfinite(row[["MAD", "RMSE", "Training Accuracy", "Test Accuracy"]].astype(float)).all()
+
+
+@pytest.mark.slow  # reason: two CLI processes through make (about a minute on 2 cores)
+def test_make_tjnet_transfer_starts_from_the_named_source_run(run_cli, rsna_args, tongji_root, tmp_path):
+    runs = run_cli("fit", *rsna_args)
+    older = resolve_run(runs, "tjnet_rsna")
+    run_cli("fit", *rsna_args)  # a newer source run that must not be used
+    py = sys.executable
+    args = " ".join(_tongji_args(tongji_root) + ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
+                                                  "false"])
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
+
+    def make(source: str) -> subprocess.CompletedProcess:
+        cmd = ["make", "-C", str(REPO), "tjnet-transfer", "TJNET_DEPS=", f"TJNET_LOGS={runs}", "TJNET_FREEZE=2",
+               f"SOURCE_RUN={source}", f"PY={py}", f"BONEAGE={py} -m boneage.cli", f"ARGS={args}"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True)
+
+    done = make(older.id)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ckpt = older.checkpoint("best")
+    assert f"transfer source: run {older.label}, checkpoint {ckpt}" in done.stderr
+    fit = resolve_run(runs, "tjnet_tongji_freeze2")
+    assert fit.config()["model"]["init_args"]["init_checkpoint"] == str(ckpt)
+    assert fit.config()["model"]["init_args"]["freeze_blocks"] == 2
+    assert fit.evaluations("test"), "the transfer run was not tested"
+    bad = make("nope")
+    assert bad.returncode != 0 and "no fit run 'nope' in" in bad.stderr and "== tjnet_tongji" not in bad.stdout
 
 
 def test_class_range_and_option_errors():

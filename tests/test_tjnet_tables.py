@@ -2,45 +2,97 @@
 
 from __future__ import annotations
 
+import json
+from itertools import count
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from boneage.analysis import tjnet_tables as tt
+from boneage.runs import RunError
+
+_CLOCK = count()
 
 
-def _run(logs, exp, version, rows):
-    run = logs / exp / f"version_{version}"
+def _run(runs, exp, run_id, rows=None, stage="fit", source=None):
+    """A run directory as the CLI leaves it (run.json, metrics.csv), created in this order."""
+    run = runs / exp / run_id
     run.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+    info = {"id": run_id, "experiment": exp, "stage": stage, "created_ts": 1e9 + next(_CLOCK)}
+    if source is not None:
+        info.update(source_run=source.name, source_dir=str(source))
+    (run / "run.json").write_text(json.dumps(info))
+    if rows is not None:
+        pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
     return run
 
 
-def test_tables_read_latest_finished_runs(tmp_path):
-    logs = tmp_path / "lightning_logs"
-    # a fit run (training accuracy per epoch) and then a test run of the same experiment
-    _run(logs, "tjnet_tongji_freeze3", 0, [{"epoch": 0, "step": 9, "train/acc_epoch": 0.5},
-                                           {"epoch": 1, "step": 19, "train/acc_epoch": 0.8}])
-    _run(logs, "tjnet_tongji_freeze3", 1, [{"epoch": 0, "step": 0, "test/mad_years": 0.4,
-                                            "test/rmse_years": 0.6, "test/acc": 0.9}])
-    _run(logs, "tjnet_rsna", 0, [{"epoch": 0, "test/mad_years": 0.7, "test/rmse_years": 0.9}])
-    _run(logs, "tjnet_rsna", 1, [{"epoch": 0, "test/mad_years": 0.5, "test/rmse_years": 0.6}])
-    _run(logs, "tjnet_rsna", 2, [{"epoch": 0, "val/mae": 3.0}])  # unfinished: no test metrics
-    t1 = tt.table1(logs).set_index("method")
+def _test(runs, exp, fit, rows, run_id=None):
+    return _run(runs, exp, run_id or f"test-{fit.name}-{next(_CLOCK)}", rows, "test", fit)
+
+
+def test_tables_read_the_newest_fit_runs_newest_test(tmp_path):
+    runs = tmp_path / "runs"
+    # Table 2: test metrics from the test run, training accuracy from the fit run it evaluated
+    fit = _run(runs, "tjnet_tongji_freeze3", "20260101-000000-aaaa",
+               [{"epoch": 0, "step": 9, "train/acc_epoch": 0.5}, {"epoch": 1, "step": 19, "train/acc_epoch": 0.8}])
+    _test(runs, "tjnet_tongji_freeze3", fit, [{"test/mad_years": 0.4, "test/rmse_years": 0.6, "test/acc": 0.9}])
+    _run(runs, "tjnet_tongji_freeze3", "predict-20260101-000100-aaaa", None, "predict", fit)
+    # Table 1: an older fit run tested later does not count; the newest fit run's newest test does
+    old = _run(runs, "tjnet_rsna", "20260101-000000-aaaa", [{"epoch": 0, "val/mae": 9.0}])
+    new = _run(runs, "tjnet_rsna", "20260102-000000-bbbb", [{"epoch": 0, "val/mae": 3.0}])
+    _test(runs, "tjnet_rsna", new, [{"test/mad_years": 0.7, "test/rmse_years": 0.9}])
+    _test(runs, "tjnet_rsna", new, [{"test/mad_years": 0.5, "test/rmse_years": 0.6}])
+    _test(runs, "tjnet_rsna", old, [{"test/mad_years": 0.1, "test/rmse_years": 0.1}])
+    _run(runs, "tjnet_rsna_no_cbam", "20260101-000000-aaaa", [{"epoch": 0, "val/mae": 3.0}])  # not tested
+    t1 = tt.table1(runs).set_index("method")
     assert t1.loc["TJ-Net", "MAD"] == 0.5 and t1.loc["TJ-Net", "RMSE"] == 0.6
+    assert t1.loc["TJ-Net", "fit run"] == "tjnet_rsna/20260102-000000-bbbb"
     assert t1.loc["TJ-Net", "paper MAD"] == 0.41 and pd.isna(t1.loc["VGG16", "MAD"])
-    t2 = tt.table2(logs).set_index("pretrained blocks")
+    t2 = tt.table2(runs).set_index("pretrained blocks")
     row = t2.loc["Blocks 1-3"]
     assert (row["MAD"], row["RMSE"], row["Training Accuracy"], row["Test Accuracy"]) == (0.4, 0.6, 0.8, 0.9)
-    md = tt.to_markdown(tt.table2(logs), "Table 2")
+    md = tt.to_markdown(tt.table2(runs), "Table 2")
     assert "| Blocks 1-3 | 0.400 | 0.600 | 0.800 | 0.900 |" in md
     assert "tjnet_tongji_freeze1" in md  # missing runs are named with the command to make them
+    md = tt.to_markdown(tt.ablation_table(runs), "Ablations")
+    assert "not tested yet: tjnet_rsna_no_cbam/20260101-000000-aaaa" in md
+
+
+def test_tables_read_the_named_run(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    old = _run(runs, "tjnet_rsna", "20260101-000000-aaaa", [{"epoch": 0, "val/mae": 9.0}])
+    first = _test(runs, "tjnet_rsna", old, [{"test/mad_years": 0.45, "test/rmse_years": 0.5}],
+                  "test-20260101-000100-aaaa")
+    _test(runs, "tjnet_rsna", old, [{"test/mad_years": 0.55, "test/rmse_years": 0.6}],
+          "test-20260101-000200-aaaa")
+    new = _run(runs, "tjnet_rsna", "20260102-000000-bbbb", [{"epoch": 0, "val/mae": 3.0}])
+    _test(runs, "tjnet_rsna", new, [{"test/mad_years": 0.9, "test/rmse_years": 1.0}])
+    out = tmp_path / "out"
+
+    def tjnet_row(*named):
+        assert tt.main(["--runs-dir", str(runs), "--out", str(out), *named]) == 0
+        return pd.read_csv(out / "table1.csv").set_index("method").loc["TJ-Net"]
+
+    assert tjnet_row()["MAD"] == 0.9  # default: the newest fit run
+    assert tjnet_row("--run", "tjnet_rsna/20260101")["MAD"] == 0.55  # a fit run: its newest test
+    row = tjnet_row("--run", "tjnet_rsna/test-20260101-000100-aaaa")  # a test run itself
+    assert (row["MAD"], row["fit run"]) == (0.45, "tjnet_rsna/20260101-000000-aaaa")
+    assert tjnet_row("--run", str(first))["MAD"] == 0.45  # a run directory
+    assert "tjnet_rsna: test run tjnet_rsna/test-20260101-000100-aaaa of fit run" in capsys.readouterr().out
+    # a named run that does not exist, or another experiment's name, is one clear line
+    assert tt.main(["--runs-dir", str(runs), "--out", str(out), "--run", "tjnet_rsna/2099"]) == 2
+    assert "no fit run '2099' in" in capsys.readouterr().err
+    assert tt.main(["--runs-dir", str(runs), "--out", str(out), "--run", "ct_hvgg/20260101"]) == 2
+    assert "'ct_hvgg' is not an experiment of these tables" in capsys.readouterr().err
 
 
 def test_tables_command_writes_files(tmp_path, capsys):
-    logs = tmp_path / "logs"
-    _run(logs, "tjnet_rsna_no_cbam", 0, [{"test/mad_years": 0.6, "test/rmse_years": 0.8}])
-    assert tt.main(["--logs", str(logs), "--out", str(tmp_path / "out")]) == 0
+    runs = tmp_path / "runs"
+    fit = _run(runs, "tjnet_rsna_no_cbam", "20260101-000000-aaaa", [{"epoch": 0, "val/mae": 3.0}])
+    _test(runs, "tjnet_rsna_no_cbam", fit, [{"test/mad_years": 0.6, "test/rmse_years": 0.8}])
+    assert tt.main(["--runs-dir", str(runs), "--out", str(tmp_path / "out")]) == 0
     ab = pd.read_csv(tmp_path / "out" / "ablations.csv").set_index("method")
     assert ab.loc["TJ-Net without CBAM", "MAD"] == 0.6
     assert (tmp_path / "out" / "tables.md").read_text().count("###") == 3
@@ -56,22 +108,25 @@ def test_error_by_age_group_figure_and_bad_columns(tmp_path):
     assert path.stat().st_size > 5000
     with pytest.raises(KeyError, match="pred_years"):
         tt.error_by_age_group({"bad": a.drop(columns="pred_years")}, tmp_path / "x.png")
-    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+    with pytest.raises(RunError, match="no metrics.csv"):
         tt.run_metrics(tmp_path)
 
 
 def test_tables_command_composes_fig5_and_fig6(tmp_path):
     import matplotlib.pyplot as plt
 
-    logs = tmp_path / "logs"
+    runs = tmp_path / "runs"
     rng = np.random.default_rng(1)
     for exp in ("tjnet_rsna", "tjnet_rsna_no_joint", "tjnet_rsna_no_cbam"):
-        run = _run(logs, exp, 0, [{"test/mad_years": 0.5, "test/rmse_years": 0.7}])
+        fit = _run(runs, exp, "20260101-000000-aaaa", [{"epoch": 0, "val/mae": 3.0}])
+        run = _test(runs, exp, fit, [{"test/mad_years": 0.5, "test/rmse_years": 0.7}])
         age = rng.uniform(0, 19, 50)
-        pd.DataFrame({"age_years": age, "pred_years": age + rng.normal(0, 0.5, 50)}).to_csv(
+        pd.DataFrame({"age_years": age, "true_years": age, "pred_years": age + rng.normal(0, 0.5, 50)}).to_csv(
             run / "predictions.csv", index=False)
         (run / "figures").mkdir()
         plt.imsave(run / "figures" / "block4_activation.png", rng.random((30, 80)))
-    tt.main(["--logs", str(logs), "--out", str(tmp_path / "out")])
+        # a later predict run of the same fit run (no true ages, no figures) changes nothing
+        _run(runs, exp, "predict-20260101-000100-aaaa", None, "predict", fit)
+    tt.main(["--runs-dir", str(runs), "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "fig6_error_by_age_group.png").stat().st_size > 5000
     assert (tmp_path / "out" / "fig5_block4_activation_cbam.png").stat().st_size > 5000

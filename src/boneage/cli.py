@@ -175,16 +175,20 @@ class BoneAgeCLI(LightningCLI):
         _null_weight_paths(cfg.get("model"))
         name, exp_dir = self._experiment()
         recipe = cfg.clone()
-        recipe["experiment"], recipe["run"], recipe["ckpt_path"] = name, None, None
+        recipe["experiment"], recipe["run"] = name, None
+        if "ckpt_path" in recipe:
+            recipe["ckpt_path"] = None
         self._recipe = recipe
         shared = inherited_run()
         if shared:  # a DDP child: the parent chose the run and the checkpoint
-            self.run, cfg["ckpt_path"] = Run(Path(shared["dir"])), shared["ckpt"]
+            self.run, ckpt = Run(Path(shared["dir"])), shared["ckpt"]
         elif stage == "fit":
-            self.run, cfg["ckpt_path"] = self._fit_run(cfg, name, exp_dir)
+            self.run, ckpt = self._fit_run(cfg, name, exp_dir)
         else:
-            self.run, cfg["ckpt_path"] = self._eval_run(cfg, name, exp_dir, stage)
-        os.environ[RUN_ENV] = json.dumps({"dir": str(self.run.path), "ckpt": cfg["ckpt_path"],
+            self.run, ckpt = self._eval_run(cfg, name, exp_dir, stage)
+        if self.subcommand:
+            cfg["ckpt_path"] = ckpt
+        os.environ[RUN_ENV] = json.dumps({"dir": str(self.run.path), "ckpt": ckpt,
                                           "pid": int((shared or {}).get("pid") or os.getpid())})
         trainer_cfg = cfg["trainer"]
         if trainer_cfg.get("default_root_dir") in (None, os.getcwd()):
@@ -312,8 +316,8 @@ class BoneAgeCLI(LightningCLI):
             if cb.dirpath is None:
                 cb.dirpath = ckpt_dir
         if not own and config.get("enable_checkpointing") is not False and self.subcommand == "fit":
-            config["callbacks"] = [*(config.get("callbacks") or []),
-                                   *default_checkpoints(self.model, Path(ckpt_dir), cfg.get("last_every_n_epochs") or 1)]
+            defaults = default_checkpoints(self.model, Path(ckpt_dir), cfg.get("last_every_n_epochs") or 1)
+            config["callbacks"] = [*(config.get("callbacks") or []), *defaults]
         trainer = super()._instantiate_trainer(config, callbacks)
         for cb in trainer.callbacks:
             if isinstance(cb, BoneAgeSaveConfig):
@@ -381,6 +385,8 @@ def _quiet_lightning() -> None:
     for name in ("pytorch_lightning", "lightning.pytorch", "pytorch_lightning.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_NoTips())
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    # an evaluation restores weights only; the fit's checkpoint callbacks are not needed there
+    warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
 
 
 def _set_status(status: str) -> None:

@@ -21,6 +21,7 @@ import pandas as pd
 from boneage.cli import main as cli
 from boneage.phantoms.common import read_metadata
 from boneage.phantoms.rsna import render
+from boneage.runs import find_runs
 
 EXPERIMENT = "demo_rsna"
 
@@ -67,15 +68,14 @@ def main(argv: list[str] | None = None) -> None:
         render(data, n=args.n, seed=0, size=256)
         meta = read_metadata(data)
     common = [*demo_overrides(str(data), args.epochs), "--runs_dir", args.runs_dir]
-    runs = Path(args.runs_dir) / EXPERIMENT
+    def latest(stage: str) -> Path:
+        return find_runs(args.runs_dir, EXPERIMENT, stage=stage)[-1].path
 
-    def latest() -> Path:
-        return max(runs.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-
+    print(f"training on {meta['n']} phantom hands (one line per epoch)", flush=True)
     cli(["fit", *common])
-    fit_run = latest()
-    cli(["test", *common, "--ckpt_path", "best"])
-    run = latest()
+    fit_run = latest("fit")
+    cli(["test", *common, "--ckpt_path", "best", "--run", fit_run.name])
+    run = latest("test")
     pred = pd.read_csv(run / "predictions.csv")
     train = pd.read_csv(data / "boneage-training-dataset.csv")
     test_ids = set(pd.Series(pred["path"]).map(lambda p: Path(p).stem))
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     (run / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\ntraining run: {fit_run} (config.yaml, metrics.csv: the learning curves)\n"
           f"test run: {run} (metrics.csv, predictions.csv, errors_by_group.csv, figures/)\n"
-          f"checkpoints: {runs / 'checkpoints'}")
+          f"checkpoints: {fit_run / 'checkpoints'}")
 
 
 if __name__ == "__main__":

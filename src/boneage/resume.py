@@ -139,6 +139,23 @@ def mix_seed(*values: int) -> int:
 
 
 # --------------------------------------------------------------------------------- sampler
+class SeededIndex(int):
+    """A dataset index that carries the seed of its sample's augmentation.
+
+    The seed is a function of (seed, rank, epoch, position in the epoch), so a sample is augmented
+    the same way before and after a resume, in the main process or in any loader worker (a
+    dataset reads ``augment_seed``; to any other code it is a plain int).
+    """
+
+    def __new__(cls, value: int, augment_seed: int) -> SeededIndex:
+        obj = super().__new__(cls, value)
+        obj.augment_seed = augment_seed
+        return obj
+
+    def __reduce__(self):
+        return SeededIndex, (int(self), self.augment_seed)
+
+
 class ResumableSampler(Sampler[int]):
     """Wraps a loader's sampler: order a function of (seed, epoch), skip on resume, per-batch augment seeds.
 
@@ -176,12 +193,11 @@ class ResumableSampler(Sampler[int]):
         if self.skip is not None and self.skip[0] == epoch:
             start = self.skip[1] * self.batch_size
         self.skip = None
-        augment = getattr(self.dataset, "augment", None)
-        reseed = self.reseed_augment and callable(getattr(augment, "set_random_seed", None))
         for pos in range(start, len(order)):
-            if reseed and pos % self.batch_size == 0:
-                augment.set_random_seed(mix_seed(self.seed, self.rank, epoch, pos // self.batch_size))
-            yield order[pos]
+            if self.reseed_augment:  # the dataset seeds its augmentation with it, in whichever worker
+                yield SeededIndex(order[pos], mix_seed(self.seed, self.rank, epoch, pos))
+            else:
+                yield order[pos]
 
 
 def _train_loaders(trainer: pl.Trainer) -> list[DataLoader]:
@@ -211,6 +227,7 @@ class ExactResume(Callback):
         self._pending_logs: dict[str, Any] | None = None
         self._sigusr1 = False
         self._requeue = False
+        self._deferred = False
         self._old_usr1: Any = None
         self.saved_on_signal: str | None = None
 
@@ -260,6 +277,13 @@ class ExactResume(Callback):
         resumed_mid_epoch = (loaded is not None and loaded["epoch"] == trainer.current_epoch
                              and 0 < loaded["batches_done"] < trainer.num_training_batches)
         installed = self._install_samplers(trainer)
+        at_epoch_start = loaded is not None and not resumed_mid_epoch
+        if at_epoch_start and loaded.get("rng") is not None:
+            # A run left alone creates the epoch's loader iterator (which draws its base seed from
+            # the global RNG) after the state this checkpoint holds: restore first, then iterate.
+            set_rng_state(loaded["rng"])
+            loaded["rng"] = None
+            installed = True
         if resumed_mid_epoch:
             for dl in _train_loaders(trainer):
                 if isinstance(getattr(dl.batch_sampler, "sampler", None), ResumableSampler):
@@ -303,13 +327,43 @@ class ExactResume(Callback):
         # Lightning stops with SIGTERMException at the end of this batch, after logging it, on every rank.
         trainer._signal_connector.received_sigterm = True
 
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        # A stop signal during fit's validation waits until the validation ends: the plateau scheduler,
+        # early stopping and the best checkpoint read it, and a checkpoint from the middle of a
+        # validation does not resume to the same run. Lightning checks the flag right after this hook.
+        if self.save_on_signal and trainer.state.fn == "fit" and trainer.received_sigterm:
+            self._deferred = True
+            trainer._signal_connector.received_sigterm = False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._deferred:
+            self._deferred = False
+            trainer._signal_connector.received_sigterm = True
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """A stop signal that Lightning acted on elsewhere (validation, epoch end, during a checkpoint
         write): save ``last.ckpt`` where the loops stopped, unless the batch end already did."""
         if (not self.save_on_signal or self.saved_on_signal is not None or self._trainer is None
                 or type(exception).__name__ != "SIGTERMException"):
             return
+        if self._last_is_current(trainer):  # stopped at an epoch end whose last.ckpt is written
+            rank_zero_info(f"ExactResume: stop signal received; {self._last_path(trainer)} is current")
+            if self._sigusr1 and self._requeue and trainer.is_global_zero:
+                requeue_slurm_job()
+            return
         self._stop_and_save(trainer, "where training stopped", self._sigusr1)
+
+    def _last_is_current(self, trainer: pl.Trainer) -> bool:
+        cb = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath
+                   and c.monitor is None), None)
+        if cb is None or not cb.last_model_path and not cb.best_model_path:
+            return False
+        path = Path(self._last_path(trainer))
+        if not path.is_file():
+            return False
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return saved.get("global_step") == trainer.global_step and saved.get("epoch") == trainer.current_epoch
 
     def _stop_and_save(self, trainer: pl.Trainer, where: str, sigusr1: bool) -> None:
         path = self._save_last(trainer)
@@ -319,12 +373,16 @@ class ExactResume(Callback):
             requeue_slurm_job()
         self._sigusr1 = False
 
-    def _save_last(self, trainer: pl.Trainer) -> str:
+    @staticmethod
+    def _last_path(trainer: pl.Trainer) -> str:
         cb = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), None)
         if cb is not None:
-            path = str(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
-        else:
-            path = str(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+            return str(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
+        return str(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+
+    def _save_last(self, trainer: pl.Trainer) -> str:
+        cb = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), None)
+        path = self._last_path(trainer)
         trainer.save_checkpoint(path)
         if cb is not None:
             cb.last_model_path = path
@@ -399,21 +457,45 @@ class Preempt(Callback):
     ``boneage fit ... --trainer.callbacks+=boneage.resume.Preempt --trainer.callbacks.at_step=30``
     then ``make train EXP=... RESUME=1`` shows that the job survives. Fires only in a run that
     started before ``at_step``, so the resumed run does not stop again.
+
+    Args:
+        at_step: the global step from which the signal is sent.
+        signal_name: SIGTERM (pre-emption), SIGUSR1 (SLURM's time-limit warning), SIGINT, or
+            SIGKILL (a node failure: nothing can be saved, the last periodic last.ckpt is what is left).
+        phase: where it lands: ``train`` (after a training batch), ``validation`` (after a
+            validation batch) or ``checkpoint`` (while a checkpoint is being written).
     """
 
-    def __init__(self, at_step: int, signal_name: str = "SIGTERM") -> None:
-        if signal_name not in ("SIGTERM", "SIGUSR1", "SIGINT"):
-            raise ValueError(f"signal_name must be SIGTERM, SIGUSR1 or SIGINT, got {signal_name!r}")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT", "SIGKILL")
+    PHASES = ("train", "validation", "checkpoint")
+
+    def __init__(self, at_step: int, signal_name: str = "SIGTERM", phase: str = "train") -> None:
+        if signal_name not in self.SIGNALS:
+            raise ValueError(f"signal_name must be one of {self.SIGNALS}, got {signal_name!r}")
+        if phase not in self.PHASES:
+            raise ValueError(f"phase must be one of {self.PHASES}, got {phase!r}")
         self.at_step = at_step
         self.signal_name = signal_name
+        self.phase = phase
         self._start: int | None = None
         self._fired = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = trainer.global_step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if not self._fired and self._start is not None and self._start < self.at_step <= trainer.global_step:
+    def _maybe_fire(self, trainer: pl.Trainer, phase: str) -> None:
+        if (phase == self.phase and not self._fired and self._start is not None and not trainer.sanity_checking
+                and self._start < self.at_step <= trainer.global_step):
             self._fired = True
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._maybe_fire(trainer, "train")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._maybe_fire(trainer, "validation")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._maybe_fire(trainer, "checkpoint")

@@ -245,6 +245,36 @@ def resolve_run(runs_dir: str | Path, experiment: str, run: str | None = None, s
     return chosen
 
 
+def resolve_test_run(runs_dir: str | Path, spec: str) -> tuple[Run | None, Run]:
+    """(fit run, test run) named by ``spec``: ``EXP``, ``EXP/<run id>`` or a run directory.
+
+    A fit run (``EXP`` alone: the newest) gives its newest test evaluation; a test run (id
+    ``test-...``) is taken as it is, with the fit run it evaluated when that is known. Predict and
+    validate runs are never test results. Raises :class:`RunError` naming the run and what to do.
+    """
+    path = Path(spec)
+    if path.is_dir() and (path / RUN_FILE).is_file():
+        run = Run(path)
+    else:
+        experiment, _, run_id = spec.partition("/")
+        stage = next((s for s in ("test", "validate", "predict") if run_id.startswith(f"{s}-")), "fit")
+        run = resolve_run(runs_dir, experiment, run_id or None, stage=stage)
+    if run.stage == "test":
+        info = run.info
+        # source_dir is absolute; a runs folder copied elsewhere still has the fit run beside the test
+        candidates = [Path(info["source_dir"])] if info.get("source_dir") else []
+        candidates += [run.path.parent / info["source_run"]] if info.get("source_run") else []
+        fit = next((Run(p) for p in candidates if (p / RUN_FILE).is_file()), None)
+        return fit, run
+    if run.stage != "fit":
+        raise RunError(f"{run.label} is a {run.stage} run, not a test: name its fit run or a test run")
+    tests = run.evaluations("test")
+    if not tests:
+        raise RunError(f"fit run {run.label} has no test run yet: evaluate it with `boneage test --config "
+                       f"{run.path / 'config.yaml'} --run {run.id} --ckpt_path best`")
+    return run, tests[-1]
+
+
 def run_of_checkpoint(path: str | Path) -> Run | None:
     """The run whose ``checkpoints/`` holds ``path``, if any."""
     folder = Path(path).resolve().parent
@@ -320,3 +350,42 @@ def add_run_arguments(parser, experiment: str | None = None, required: bool = Fa
                         help="experiment name (lightning_logs/<experiment>)")
     parser.add_argument("--run", default=None,
                         help="run id (or unique prefix, or run directory); default: the newest fit run")
+
+
+# ------------------------------------------------------------------------------ command line
+def main(argv: list[str] | None = None) -> int:
+    """``python -m boneage.runs list|path|checkpoint``: find runs from the shell (make targets use it)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m boneage.runs", description=main.__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, text in (("list", "runs of an experiment (or all), oldest first"),
+                       ("path", "the run directory of the named (default newest) fit run"),
+                       ("checkpoint", "the best/last checkpoint of the named (default newest) fit run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--runs-dir", "--runs_dir", default=RUNS_DIR)
+        p.add_argument("--experiment", required=name != "list")
+        p.add_argument("--run", default=None)
+        p.add_argument("--stage", default="fit" if name != "list" else None)
+        if name == "checkpoint":
+            p.add_argument("--which", default="best", help="best, last or a file name")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "list":
+            for run in find_runs(args.runs_dir, args.experiment, stage=args.stage):
+                info = run.info
+                print(f"{run.label}\t{run.stage}\t{info.get('status', '?')}\t{info.get('created', '')}"
+                      + (f"\tfrom {info['source_run']}" if info.get("source_run") else ""))
+            return 0
+        run = resolve_run(args.runs_dir, args.experiment, args.run, args.stage)
+        print(run.checkpoint(args.which) if args.cmd == "checkpoint" else run.path)
+        print(f"run {run.label}" + ("" if args.run else " (the newest)"), file=sys.stderr)
+        return 0
+    except RunError as err:
+        print(f"boneage.runs: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

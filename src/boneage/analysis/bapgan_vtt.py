@@ -23,11 +23,16 @@ S as S; rates per true class, %) and Table 3 (accuracy over both tasks, progress
 regression; %).
 
     python -m boneage.analysis.bapgan_vtt score --key OUT/answer_key --reader A=DIR_A --reader B=DIR_B
+    python -m boneage.analysis.bapgan_vtt score --experiment bapgan_femur [--run ID] --reader A=DIR_A
+
+The second form scores the study ``bapgan_eval vtt`` exported into the fit run
+(``<run>/vtt/answer_key``, newest fit run by default) and writes the tables to ``<run>/vtt/scores``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from boneage.phantoms.common import save_gray_png
+from boneage.runs import RunError, add_run_arguments, resolve_run
 
 REAL_WORDS = {"r": "R", "real": "R", "s": "S", "synthetic": "S", "syn": "S", "fake": "S"}
 PAIR_WORDS = {"a": "A", "b": "B"}
@@ -163,19 +169,41 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Score a BAPGAN visual Turing test.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("score", help="readers' sheets -> Table 2 and Table 3 rows")
-    s.add_argument("--key", required=True, type=Path, help="the study's answer_key folder")
+    s.add_argument("--key", type=Path, default=None, help="the study's answer_key folder")
+    add_run_arguments(s)
+    s.add_argument("--runs_dir", dest="runs_dir", help=argparse.SUPPRESS)  # boneage's spelling
     s.add_argument("--reader", action="append", required=True, metavar="NAME=DIR",
                    help="a reader's name and the folder holding the filled *_sheet.csv files")
     s.add_argument("--label", default="", help="row label, e.g. 'BAPGAN femur'")
     s.add_argument("--out", type=Path, default=None, help="folder for table2.csv / table3.csv")
     args = parser.parse_args(argv)
+    if (args.key is None) == (args.experiment is None):
+        parser.error("give the study's --key folder, or --experiment [--run ID] of the run it was exported into")
+    if args.key is None:
+        try:
+            run = resolve_run(args.runs_dir, args.experiment, args.run, "fit", verbose=True)
+        except RunError as err:
+            print(f"bapgan_vtt score: {err}", file=sys.stderr)
+            return 2
+        args.key = run.path / "vtt" / "answer_key"
+        args.out = args.out or run.path / "vtt" / "scores"
+        args.label = args.label or run.label
+        if not args.key.is_dir():
+            print(f"bapgan_vtt score: {run.label} has no visual Turing test ({args.key} missing): export one with "
+                  f"`python -m boneage.analysis.bapgan_eval vtt --experiment {run.experiment} --run {run.id}`",
+                  file=sys.stderr)
+            return 2
     readers = {}
     for item in args.reader:
         if "=" not in item:
             parser.error(f"--reader expects NAME=DIR, got {item!r}")
         name, folder = item.split("=", 1)
         readers[name] = folder
-    t2, t3 = score(args.key, readers)
+    try:
+        t2, t3 = score(args.key, readers)
+    except (FileNotFoundError, ValueError) as err:  # a reader's sheet: the message names the file and line
+        print(f"bapgan_vtt score: {err}", file=sys.stderr)
+        return 2
     for t in (t2, t3):
         if args.label:
             t.insert(0, "study", args.label)

@@ -1,6 +1,7 @@
 """Latent-space age analysis of a trained PGGAN (paper 001, Figs. 7 and 8).
 
-Steps (each a function; ``boneage.analysis.latent_cli`` runs them as commands):
+Steps (each a function; ``python -m boneage.analysis.latent STEP`` runs them on a PGGAN fit run and an
+age-regressor fit run, see :func:`main`):
 
 - ``fit_lasso``: LASSO of the regressor's predicted age on the latent vectors, penalty by
   10-fold cross-validation (scikit-learn ``LassoCV``), absolute error mean +- sd on training
@@ -36,6 +37,7 @@ from sklearn.linear_model import LassoCV
 from sklearn.model_selection import train_test_split
 
 from boneage.analysis.figures import write_figure
+from boneage.runs import RUNS_DIR, Run, RunError, build_data, build_system, instantiate, resolve_run
 
 # ----------------------------------------------------------------------------- LASSO
 
@@ -293,81 +295,43 @@ def control_summary(target: np.ndarray, achieved: np.ndarray) -> dict[str, float
     return {"mae": float(np.abs(a - t).mean()), "bias": float((a - t).mean()), "pearson_r": r, "slope": slope}
 
 
-# ----------------------------------------------------------------------------- loading trained models
+# ----------------------------------------------------------------------------- loading trained runs
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def load_regressor(run: Run, ckpt: str = "best"):
+    """The age regressor of a fit run, rebuilt from the run's own config.yaml, in eval mode."""
+    return build_system(run, ckpt).requires_grad_(False)
 
 
-def read_configs(configs: list[str | Path]) -> dict:
-    """Experiment YAML(s) merged in order (later files override earlier keys)."""
-    import yaml
-
-    cfg: dict = {}
-    for path in configs:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        cfg = _merge(cfg, yaml.safe_load(path.read_text()) or {})
-    return cfg
+def regressor_size(run: Run) -> tuple[int, int]:
+    """The (height, width) the regressor run was trained at (its config, overrides included)."""
+    data = run.config().get("data") or {}
+    size = (data.get("init_args") or {}).get("image_size")
+    if size is None:
+        size = build_data(run).image_size
+    return int(size[0]), int(size[1])
 
 
-def instantiate(spec, skip: tuple[str, ...] = ("optimizer", "scheduler")):
-    """Build ``{class_path, init_args}`` specs recursively (LightningCLI's YAML form)."""
-    import importlib
-
-    if isinstance(spec, dict) and "class_path" in spec:
-        module, _, name = spec["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-        args = {k: instantiate(v, skip) for k, v in (spec.get("init_args") or {}).items() if k not in skip}
-        return cls(**args)
-    if isinstance(spec, dict):
-        return {k: instantiate(v, skip) for k, v in spec.items()}
-    if isinstance(spec, list):
-        return [instantiate(v, skip) for v in spec]
-    return spec
-
-
-def _load_state(checkpoint: str | Path) -> dict:
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}; train the experiment first "
-                                "(make train EXP=...) and give lightning_logs/<exp>/checkpoints/last.ckpt")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def load_regressor(checkpoint: str | Path, configs: list[str | Path]):
-    """The trained age regressor (an AgeRegressor) rebuilt from its experiment YAML(s), in eval mode."""
-    cfg = read_configs(configs)
-    if "model" not in cfg:
-        raise KeyError(f"no 'model' section in {configs}: pass the regressor's experiment YAML")
-    system = instantiate(cfg["model"])
-    system.load_state_dict(_load_state(checkpoint)["state_dict"])
-    return system.eval().requires_grad_(False)
-
-
-def load_datamodule(configs: list[str | Path]):
-    """The DataModule of an experiment YAML, set up (splits and caches ready)."""
-    cfg = read_configs(configs)
-    if "data" not in cfg:
-        raise KeyError(f"no 'data' section in {configs}")
-    dm = instantiate(cfg["data"])
+def load_datamodule(run: Run):
+    """The run's DataModule from its own config.yaml, set up (splits and caches ready)."""
+    dm = build_data(run)
     dm.setup("fit")
     return dm
 
 
-def load_generator(checkpoint: str | Path, configs: list[str | Path]) -> tuple[torch.nn.Module, int]:
-    """The EMA generator of a PGGAN checkpoint and its final level."""
-    cfg = read_configs(configs)
-    gen = instantiate(cfg["model"]["init_args"]["generator"])
-    state = _load_state(checkpoint)["state_dict"]
+def load_generator(run: Run, ckpt: str = "last") -> tuple[torch.nn.Module, int]:
+    """The EMA generator of a PGGAN fit run (its config.yaml + checkpoint) and its final level."""
+    model = run.config().get("model") or {}
+    spec = (model.get("init_args") or {}).get("generator")
+    if spec is None:
+        raise RunError(f"{run.label}'s config.yaml has no model.init_args.generator: name a PGGAN run "
+                       "(--gan-run)")
+    gen = instantiate(spec)
+    path = run.checkpoint(ckpt)
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     ema = {k[len("generator_ema."):]: v for k, v in state.items() if k.startswith("generator_ema.")}
     if not ema:
-        raise KeyError(f"{checkpoint} holds no 'generator_ema.*' weights: it is not a PGGAN checkpoint")
+        raise RunError(f"{path} holds no 'generator_ema.*' weights: it is not a PGGAN checkpoint")
     gen.load_state_dict(ema)
     return gen.eval().requires_grad_(False), gen.max_level
 
@@ -534,18 +498,17 @@ def _real_set(dm, regressor, regressor_size, thumb_size: int, batch_size: int = 
     return np.concatenate(thumbs), table["age"].to_numpy(np.float64), torch.cat(feats).numpy()
 
 
-def step_neighbours(shards: str | Path, regressor_ckpt: str, regressor_configs: list[str], out: str | Path,
-                    k: int = 5, queries: int = 16, thumb_size: int = 64) -> dict:
+def step_neighbours(shards: str | Path, regressor_run: Run, out: str | Path, k: int = 5, queries: int = 16,
+                    thumb_size: int = 64, regressor_ckpt: str = "best") -> dict:
     """Nearest training images of generated ones by pixels and by regressor features (Fig. 7)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_shards(shards)
     if "features" not in data:
         raise KeyError(f"the shards in {shards} hold no regressor features: run generate with features on")
-    cfg = read_configs(regressor_configs)
-    regressor = load_regressor(regressor_ckpt, regressor_configs)
-    dm = load_datamodule(regressor_configs)
-    size = tuple(cfg["data"]["init_args"].get("image_size", dm.image_size))
+    regressor = load_regressor(regressor_run, regressor_ckpt)
+    dm = load_datamodule(regressor_run)
+    size = regressor_size(regressor_run)
     real_thumbs, real_ages, real_feats = _real_set(dm, regressor, size, thumb_size)
     q = np.arange(min(queries, len(data["age"])))
     gen_thumbs = data["thumb"][q]
@@ -584,18 +547,17 @@ def _render_ages(generator, regressor, size, latents: np.ndarray, batch_size: in
     return np.concatenate(imgs), np.concatenate(ages)
 
 
-def step_walk(shards: str | Path, gan_ckpt: str, gan_configs: list[str], regressor_ckpt: str,
-              regressor_configs: list[str], out: str | Path, start_years: tuple[float, float] = (3.0, 4.0),
-              step_years: float = 2.0, tolerance_years: float = 0.5, frames_per_step: int = 12,
-              max_steps: int = 8) -> dict:
+def step_walk(shards: str | Path, gan_run: Run, regressor_run: Run, out: str | Path,
+              start_years: tuple[float, float] = (3.0, 4.0), step_years: float = 2.0,
+              tolerance_years: float = 0.5, frames_per_step: int = 12, max_steps: int = 8,
+              gan_ckpt: str = "last", regressor_ckpt: str = "best") -> dict:
     """Latent aging walk (Video 1 / Fig. 8b): ``walk.gif``, ``walk.png``, ``walk.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_shards(shards)
-    cfg = read_configs(regressor_configs)
-    units = "months" if "rsna" in cfg["data"]["class_path"].lower() else "years"
+    units = _units(build_data(regressor_run))
     per_year = 12.0 if units == "months" else 1.0
-    size = tuple(cfg["data"]["init_args"].get("image_size", [256, 256]))
+    size = regressor_size(regressor_run)
     start = (start_years[0] * per_year, start_years[1] * per_year)
     ages_all = data["age"]
     if not ((ages_all >= start[0]) & (ages_all <= start[1])).any():
@@ -607,8 +569,8 @@ def step_walk(shards: str | Path, gan_ckpt: str, gan_configs: list[str], regress
     path = aging_walk(data["latent"], ages_all, start, step_years * per_year, tolerance_years * per_year,
                       max_steps)
     frames, keys = interpolate_latents(data["latent"][path], frames_per_step)
-    generator, _ = load_generator(gan_ckpt, gan_configs)
-    regressor = load_regressor(regressor_ckpt, regressor_configs)
+    generator, _ = load_generator(gan_run, gan_ckpt)
+    regressor = load_regressor(regressor_run, regressor_ckpt)
     imgs, ages = _render_ages(generator, regressor, size, frames)
     captions = [f"{a / per_year:.1f} y" for a in ages]
     write_gif(to_uint8(imgs), out / "walk.gif", captions=captions)
@@ -631,9 +593,9 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic) if np.ptp(y) > 0 else float("nan")
 
 
-def step_control(shards: str | Path, lasso_dir: str | Path, gan_ckpt: str, gan_configs: list[str],
-                 regressor_ckpt: str, regressor_configs: list[str], out: str | Path, n: int = 16,
-                 targets: list[float] | None = None, seed: int = 0) -> dict:
+def step_control(shards: str | Path, lasso_dir: str | Path, gan_run: Run, regressor_run: Run, out: str | Path,
+                 n: int = 16, targets: list[float] | None = None, seed: int = 0, gan_ckpt: str = "last",
+                 regressor_ckpt: str = "best") -> dict:
     """Move latents along the LASSO direction to target ages; how well the regressor follows."""
     import matplotlib
 
@@ -647,8 +609,7 @@ def step_control(shards: str | Path, lasso_dir: str | Path, gan_ckpt: str, gan_c
         raise FileNotFoundError(f"{coef_file} not found: run the lasso step first")
     lasso = np.load(coef_file)
     data = load_shards(shards)
-    cfg = read_configs(regressor_configs)
-    size = tuple(cfg["data"]["init_args"].get("image_size", [256, 256]))
+    size = regressor_size(regressor_run)
     ages = data["age"]
     if targets is None:
         targets = list(np.linspace(np.percentile(ages, 5), np.percentile(ages, 95), 5))
@@ -656,8 +617,8 @@ def step_control(shards: str | Path, lasso_dir: str | Path, gan_ckpt: str, gan_c
     z0 = data["latent"][rng.choice(len(ages), size=min(n, len(ages)), replace=False)]
     t = np.repeat(np.asarray(targets, dtype=np.float64), len(z0))
     moved = move_to_age(np.tile(z0, (len(targets), 1)), lasso["coef"], float(lasso["intercept"]), t)
-    generator, _ = load_generator(gan_ckpt, gan_configs)
-    regressor = load_regressor(regressor_ckpt, regressor_configs)
+    generator, _ = load_generator(gan_run, gan_ckpt)
+    regressor = load_regressor(regressor_run, regressor_ckpt)
     _, achieved = _render_ages(generator, regressor, size, moved)
     _, before = _render_ages(generator, regressor, size, z0)
     summary = control_summary(t, achieved)
@@ -680,8 +641,8 @@ def step_control(shards: str | Path, lasso_dir: str | Path, gan_ckpt: str, gan_c
 
 
 @torch.no_grad()
-def step_regressor_errors(regressor_ckpt: str, regressor_configs: list[str], out: str | Path,
-                          batch_size: int = 32) -> dict:
+def step_regressor_errors(regressor_run: Run, out: str | Path, batch_size: int = 32,
+                          regressor_ckpt: str = "best") -> dict:
     """MAE on training and test data and MAE by true age in years (paper Fig. 4)."""
     import matplotlib
 
@@ -691,8 +652,8 @@ def step_regressor_errors(regressor_ckpt: str, regressor_configs: list[str], out
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    regressor = load_regressor(regressor_ckpt, regressor_configs)
-    dm = load_datamodule(regressor_configs)
+    regressor = load_regressor(regressor_run, regressor_ckpt)
+    dm = load_datamodule(regressor_run)
     units = _units(dm)
     per_year = 12.0 if units == "months" else 1.0
     rows, summary = [], {"units": units}
@@ -729,20 +690,31 @@ def step_regressor_errors(regressor_ckpt: str, regressor_configs: list[str], out
 
 
 ALL_STEPS = ("regressor-errors", "generate", "lasso", "neighbours", "walk", "control")
+NEEDS_GAN = ("generate", "walk", "control")
+NEEDS_REGRESSOR = ("regressor-errors", "generate", "neighbours", "walk", "control")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m boneage.analysis.latent STEP ...``: one command per analysis step, or ``all``."""
+    """``python -m boneage.analysis.latent STEP ...``: one command per analysis step, or ``all``.
+
+    The GAN and the regressor are fit runs (``--gan-run`` / ``--regressor-run``; default the newest
+    fit run of ``--gan-experiment`` / ``--regressor-experiment``), rebuilt from each run's own
+    config.yaml and checkpoint; outputs go to ``<gan run>/analysis`` unless ``--out`` is given.
+    """
     import argparse
+    import sys
 
     p = argparse.ArgumentParser(prog="python -m boneage.analysis.latent", description=__doc__.split("\n")[0])
     p.add_argument("step", choices=[*ALL_STEPS, "all"])
-    p.add_argument("--gan-ckpt", help="PGGAN checkpoint (lightning_logs/pggan_rsna/checkpoints/last.ckpt)")
-    p.add_argument("--gan-config", nargs="+", default=["experiments/pggan_rsna.yaml"])
-    p.add_argument("--regressor-ckpt",
-                   help="age-regressor checkpoint (in lightning_logs/xception_rsna/checkpoints)")
-    p.add_argument("--regressor-config", nargs="+", default=["experiments/xception_rsna.yaml"])
-    p.add_argument("--out", default="lightning_logs/pggan_rsna/analysis")
+    p.add_argument("--runs-dir", default=RUNS_DIR, help="root of the run directories")
+    p.add_argument("--gan-experiment", default="pggan_rsna")
+    p.add_argument("--gan-run", help="PGGAN fit run: id, unique prefix or run directory (default: the newest)")
+    p.add_argument("--gan-ckpt", default="last", help="checkpoint of the GAN run: last, best or a file name")
+    p.add_argument("--regressor-experiment", default="xception_rsna")
+    p.add_argument("--regressor-run", help="age-regressor fit run: id, unique prefix or run directory "
+                                           "(default: the newest)")
+    p.add_argument("--regressor-ckpt", default="best", help="checkpoint of the regressor run: best, last or a file")
+    p.add_argument("--out", default=None, help="output folder (default: <gan run>/analysis)")
     p.add_argument("--n", type=int, default=200_000, help="generated images (paper: 200,000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -758,37 +730,46 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tolerance-years", type=float, default=0.5, help="accepted deviation from the gap")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    out = Path(a.out)
-    shards = out / "shards"
     steps = list(ALL_STEPS) if a.step == "all" else [a.step]
-    need = {"generate": ("gan_ckpt", "regressor_ckpt"), "walk": ("gan_ckpt", "regressor_ckpt"),
-            "control": ("gan_ckpt", "regressor_ckpt"), "neighbours": ("regressor_ckpt",),
-            "regressor-errors": ("regressor_ckpt",)}
-    for step in steps:
-        for key in need.get(step, ()):
-            if not getattr(a, key):
-                p.error(f"step {step} needs --{key.replace('_', '-')}")
+    try:
+        _run_steps(a, steps)
+    except (RunError, FileNotFoundError) as err:  # expected problems: one line, no traceback
+        print(f"latent: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run_steps(a, steps: list[str]) -> None:
+    gan = reg = None
+    if any(s in NEEDS_GAN for s in steps) or a.out is None:
+        gan = resolve_run(a.runs_dir, a.gan_experiment, a.gan_run, verbose=True)
+    if any(s in NEEDS_REGRESSOR for s in steps):
+        reg = resolve_run(a.runs_dir, a.regressor_experiment, a.regressor_run, verbose=True)
+    out = Path(a.out) if a.out else gan.path / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    shards = out / "shards"
+    _write_json(out / "analysis_runs.json", {  # which runs and checkpoints these outputs come from
+        "gan_run": str(gan.path) if gan else None, "gan_ckpt": str(gan.checkpoint(a.gan_ckpt)) if gan else None,
+        "regressor_run": str(reg.path) if reg else None,
+        "regressor_ckpt": str(reg.checkpoint(a.regressor_ckpt)) if reg else None, "steps": steps})
     devices = int(a.devices) if str(a.devices).isdigit() else a.devices
     for step in steps:
         if step == "regressor-errors":
-            step_regressor_errors(a.regressor_ckpt, a.regressor_config, out, a.batch_size)
+            step_regressor_errors(reg, out, a.batch_size, a.regressor_ckpt)
         elif step == "generate":
-            cfg = read_configs(a.regressor_config)
-            size = tuple(cfg["data"]["init_args"].get("image_size", [256, 256]))
-            generator, _ = load_generator(a.gan_ckpt, a.gan_config)
-            regressor = load_regressor(a.regressor_ckpt, a.regressor_config)
-            generate(generator, regressor, size, a.n, shards, a.batch_size, a.seed, a.thumb_size, True,
-                     a.accelerator, devices, not a.no_progress)
+            generator, _ = load_generator(gan, a.gan_ckpt)
+            regressor = load_regressor(reg, a.regressor_ckpt)
+            generate(generator, regressor, regressor_size(reg), a.n, shards, a.batch_size, a.seed, a.thumb_size,
+                     True, a.accelerator, devices, not a.no_progress)
         elif step == "lasso":
             step_lasso(shards, out, a.cv, a.seed)
         elif step == "neighbours":
-            step_neighbours(shards, a.regressor_ckpt, a.regressor_config, out, a.k, a.queries, a.thumb_size)
+            step_neighbours(shards, reg, out, a.k, a.queries, a.thumb_size, a.regressor_ckpt)
         elif step == "walk":
-            step_walk(shards, a.gan_ckpt, a.gan_config, a.regressor_ckpt, a.regressor_config, out,
-                      tuple(a.start_years), a.step_years, a.tolerance_years, a.frames_per_step)
+            step_walk(shards, gan, reg, out, tuple(a.start_years), a.step_years, a.tolerance_years,
+                      a.frames_per_step, gan_ckpt=a.gan_ckpt, regressor_ckpt=a.regressor_ckpt)
         elif step == "control":
-            step_control(shards, out, a.gan_ckpt, a.gan_config, a.regressor_ckpt, a.regressor_config, out,
-                         seed=a.seed)
+            step_control(shards, out, gan, reg, out, seed=a.seed, gan_ckpt=a.gan_ckpt,
+                         regressor_ckpt=a.regressor_ckpt)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ Conventions (the paper states only Eq. 3 and gamma = 150):
   what the data modules do.
 - ``margin`` (default 0, as in the paper) widens the box by that fraction of its size on
   each side, in original pixels, before clipping.
+
+An export is a ``boneage predict`` run of the localizer: its ROI data set lies in
+``<predict run>/roi_dataset/`` and stage 2 finds it by run (:func:`export_csv`;
+``python -m boneage.analysis.roi [--run ID]`` prints its ``labels.csv``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
+
+from boneage.runs import RUNS_DIR, Run, RunError, find_runs, resolve_run
+
+LOCALIZER = "roi_localizer_scinti"
 
 Blobs = Literal["peak", "largest", "union"]
 Empty = Literal["full", "peak", "raise"]
@@ -320,3 +328,47 @@ def roi_figure(original: np.ndarray, heat: np.ndarray, box: Box, patch: np.ndarr
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)
+
+
+# --- which export stage 2 reads ----------------------------------------------------------
+
+def export_csv(runs_dir: str | Path = RUNS_DIR, run: str | None = None,
+               experiment: str = LOCALIZER) -> tuple[Path, Run]:
+    """``labels.csv`` of an ROI export (a predict run of the localizer; default the newest) and the run."""
+    if run is None and not find_runs(runs_dir, experiment, stage="predict"):
+        raise RunError(f"no ROI export (predict run) of {experiment} in {Path(runs_dir) / experiment}: "
+                       "run `make roi-stage1 roi-export` first (or give the runs folder)")
+    chosen = resolve_run(runs_dir, experiment, run, stage="predict")
+    csv = chosen.path / "roi_dataset" / "labels.csv"
+    if not csv.is_file():
+        raise RunError(f"{chosen.label} has no roi_dataset/labels.csv (the export did not finish): "
+                       f"run `make roi-export`, or name another export with EXPORT_RUN=<id>")
+    return csv, chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the ``labels.csv`` of an ROI export (stdout) and which runs it comes from (stderr)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m boneage.analysis.roi", description=main.__doc__)
+    parser.add_argument("--runs-dir", default=RUNS_DIR, help="root of the run directories")
+    parser.add_argument("--experiment", default=LOCALIZER, help="the stage-1 experiment")
+    parser.add_argument("--run", default=None, help="export (predict) run id, prefix or directory; "
+                                                    "default: the newest")
+    args = parser.parse_args(argv)
+    try:
+        csv, chosen = export_csv(args.runs_dir, args.run, args.experiment)
+    except RunError as err:
+        print(f"roi: {err}", file=sys.stderr)
+        return 2
+    source = chosen.info.get("source_run") or "unknown"
+    how = "named" if args.run else "the newest"
+    print(f"ROI export: {chosen.label} ({how} export; stage-1 fit run {source}, checkpoint "
+          f"{Path(chosen.info.get('ckpt_path') or '?').name}) -> {csv}", file=sys.stderr)
+    print(csv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

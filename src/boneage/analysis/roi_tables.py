@@ -1,16 +1,17 @@
 """Table 1 of Do et al. (ROI localization, whole-body scintigraphy): MAE with and without sex.
 
-Reads finished runs from ``lightning_logs/<experiment>/version_N/metrics.csv`` (the ``test/mae``
-logged by ``boneage test``); for each experiment the newest version holding a test MAE is used.
-A run that is missing or not yet tested shows as "-" rather than failing, and is listed.
+Reads runs through :mod:`boneage.runs`: for each experiment the ``test/mae`` of the newest test
+evaluation of its newest fit run, or of a run named with ``--run <experiment>/<run id>`` (a test
+run, or a fit run: then its newest test run). Predict runs are never taken as results. An
+experiment without a tested run shows as "-" and is listed with what to do.
 
-``python -m boneage.analysis.roi_tables [--logs lightning_logs] [--out table1.md] [--paper]``
+``python -m boneage.analysis.roi_tables [--runs-dir lightning_logs] [--run EXP/ID ...] [--out table1.md] [--paper]``
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from boneage.phantoms.common import read_metadata
+from boneage.runs import RUN_FILE, RUNS_DIR, Run, RunError, resolve_run
 
 
 @dataclass(frozen=True)
@@ -40,33 +42,62 @@ METHODS: tuple[Method, ...] = (
 )
 
 
-def _version_number(path: Path) -> int:
-    match = re.fullmatch(r"version_(\d+)", path.name)
-    return int(match.group(1)) if match else -1
+def result_run(runs_dir: str | Path, experiment: str, name: str | None = None) -> Run:
+    """The test run holding an experiment's result.
+
+    ``name`` None: the newest test evaluation of the newest fit run. ``name`` a test run: that
+    run; a fit run: its newest test evaluation. Predict runs are never results.
+    """
+    if name is None:
+        run = resolve_run(runs_dir, experiment)
+    else:  # a run directory, or an id of a test or a fit run
+        try:
+            run = resolve_run(runs_dir, experiment, name, stage="test")
+        except RunError:
+            run = resolve_run(runs_dir, experiment, name, stage="fit")
+    if run.stage == "test":
+        return run
+    if run.stage != "fit":
+        raise RunError(f"{run.label} is a {run.stage} run: name a test run or the fit run it evaluated")
+    tests = run.evaluations("test")
+    if not tests:
+        raise RunError(f"{run.label} has no test run yet: boneage test --config {run.path / 'config.yaml'} "
+                       f"--run {run.id} --ckpt_path best")
+    return tests[-1]
 
 
-def logged_mae(log_root: str | Path, experiment: str, metric: str = "test/mae") -> float | None:
-    """The last logged ``metric`` of the newest version of ``experiment`` that has one."""
-    exp_dir = Path(log_root) / experiment
-    versions = sorted(exp_dir.glob("version_*"), key=_version_number, reverse=True)
-    for version in versions:
-        csv = version / "metrics.csv"
-        if not csv.is_file():
-            continue
-        table = pd.read_csv(csv)
-        if metric in table.columns and table[metric].notna().any():
-            return float(table[metric].dropna().iloc[-1])
-    return None
+def run_mae(run: Run, metric: str = "test/mae") -> float:
+    """The last ``metric`` logged by a test run."""
+    table = run.metrics()
+    if metric not in table.columns or not table[metric].notna().any():
+        raise RunError(f"{run.label} logged no {metric} (the test did not finish): run it again")
+    return float(table[metric].dropna().iloc[-1])
 
 
-def table1(log_root: str | Path = "lightning_logs", methods: tuple[Method, ...] = METHODS,
-           paper: bool = False) -> pd.DataFrame:
+def results(runs_dir: str | Path = RUNS_DIR, methods: tuple[Method, ...] = METHODS,
+            named: dict[str, str] | None = None) -> dict[str, tuple[float, Run] | RunError]:
+    """Per experiment of Table 1: (test MAE, test run), or the RunError saying what is missing."""
+    out: dict[str, tuple[float, Run] | RunError] = {}
+    for exp in (e for m in methods for e in (m.with_sex, m.without_sex)):
+        try:
+            run = result_run(runs_dir, exp, (named or {}).get(exp))
+            out[exp] = (run_mae(run), run)
+        except RunError as err:
+            out[exp] = err
+    return out
+
+
+def table1(runs_dir: str | Path = RUNS_DIR, methods: tuple[Method, ...] = METHODS, paper: bool = False,
+           named: dict[str, str] | None = None, found: dict | None = None) -> pd.DataFrame:
     """Table 1 as a DataFrame: one row per method, MAE (years) with and without the sex input."""
+    found = results(runs_dir, methods, named) if found is None else found
+
+    def mae(exp: str) -> float | None:
+        return found[exp][0] if isinstance(found[exp], tuple) else None
+
     rows = []
     for m in methods:
-        row = {"Method": m.name,
-               "MAE with sex": logged_mae(log_root, m.with_sex),
-               "MAE without sex": logged_mae(log_root, m.without_sex)}
+        row = {"Method": m.name, "MAE with sex": mae(m.with_sex), "MAE without sex": mae(m.without_sex)}
         if paper:
             row["paper with sex"] = m.paper_with_sex
             row["paper without sex"] = m.paper_without_sex
@@ -74,10 +105,29 @@ def table1(log_root: str | Path = "lightning_logs", methods: tuple[Method, ...] 
     return pd.DataFrame(rows).astype({"MAE with sex": float, "MAE without sex": float})
 
 
-def missing_runs(log_root: str | Path = "lightning_logs", methods: tuple[Method, ...] = METHODS) -> list[str]:
-    """Experiments of Table 1 without a tested run."""
-    names = [e for m in methods for e in (m.with_sex, m.without_sex)]
-    return [e for e in names if logged_mae(log_root, e) is None]
+def missing_runs(runs_dir: str | Path = RUNS_DIR, methods: tuple[Method, ...] = METHODS,
+                 named: dict[str, str] | None = None, found: dict | None = None) -> list[str]:
+    """Experiments of Table 1 without a test result."""
+    found = results(runs_dir, methods, named) if found is None else found
+    return [e for e, r in found.items() if isinstance(r, RunError)]
+
+
+def named_runs(values: list[str], methods: tuple[Method, ...] = METHODS) -> dict[str, str]:
+    """``--run`` values (``<experiment>/<run id>`` or a run directory) as {experiment: run}."""
+    known = {e for m in methods for e in (m.with_sex, m.without_sex)}
+    out = {}
+    for value in values:
+        path = Path(value)
+        if (path / RUN_FILE).is_file():
+            exp = Run(path).experiment
+        elif "/" in value and not path.exists():
+            exp, value = value.split("/", 1)
+        else:
+            raise RunError(f"--run {value}: give <experiment>/<run id> or a run directory")
+        if exp not in known:
+            raise RunError(f"--run {value}: {exp} is not an experiment of Table 1 ({', '.join(sorted(known))})")
+        out[exp] = value
+    return out
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
@@ -98,13 +148,24 @@ def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--logs", default="lightning_logs", help="root of the run directories")
+    parser.add_argument("--runs-dir", default=RUNS_DIR, help="root of the run directories")
+    parser.add_argument("--run", action="append", default=[],
+                        help="use this run for its experiment: <experiment>/<run id> or a run directory, a test "
+                             "run or a fit run (then its newest test run); repeat for several")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     parser.add_argument("--paper", action="store_true", help="add the paper's numbers as columns")
     parser.add_argument("--data", default=None,
                         help="data folder; a phantom.json there adds its noise floor under the table")
     args = parser.parse_args(argv)
-    text = to_markdown(table1(args.logs, paper=args.paper))
+    try:
+        named = named_runs(args.run)
+        for exp, name in named.items():  # a named run must exist: a typo is an error, not a "-"
+            result_run(args.runs_dir, exp, name)
+    except RunError as err:
+        print(f"roi_tables: {err}", file=sys.stderr)
+        return 2
+    found = results(args.runs_dir, named=named)
+    text = to_markdown(table1(args.runs_dir, paper=args.paper, found=found))
     meta = read_metadata(args.data) if args.data else None
     if meta is not None:
         units = meta["units"]
@@ -112,9 +173,15 @@ def main(argv: list[str] | None = None) -> int:
                  f"{meta['label_noise_sigma']} {units}, noise floor MAE {meta['noise_floor_mae']:.2f} "
                  f"{units} (no model can beat it on average).\n")
     print(text, end="")
-    missing = missing_runs(args.logs)
+    for exp, res in found.items():
+        if isinstance(res, tuple):
+            run = res[1]
+            print(f"{exp}: {run.label} (fit run {run.info.get('source_run') or 'unknown'})")
+    missing = missing_runs(found=found)
     if missing:
-        print(f"not yet tested ({len(missing)}): {', '.join(missing)}")
+        print(f"not yet tested ({len(missing)}):")
+        for exp in missing:
+            print(f"  {found[exp]}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

@@ -11,21 +11,29 @@
 - Fig. 5 comparison: the block-4 activation heat maps of the runs with and without CBAM (each
   test run draws them for the same first test images), one above the other.
 
-A run is ``lightning_logs/<experiment>/version_N/``; its ``metrics.csv`` is Lightning's CSV log.
-The newest version that holds the test metrics is used. Missing runs give a row of "n/a" and
-the command names the runs and the make target that produces them (mk/tjnet.mk).
+Runs are read through :mod:`boneage.runs`: for each experiment, its newest fit run and that run's
+newest *test* evaluation (test metrics, ``predictions.csv``, ``figures/``; training accuracy
+comes from the fit run's own ``metrics.csv``). ``--run EXP/<run id>`` (a fit run, or a
+``test-...`` run; or a run directory) names the run of one experiment instead. Predict runs
+are never read. An experiment without a tested run gives a row of "n/a" and the command names
+the make target that produces it (mk/tjnet.mk); a named run that cannot be found is an error.
+
+    python -m boneage.analysis.tjnet_tables [--runs-dir lightning_logs] [--out reports/tjnet] \
+        [--run tjnet_rsna/20261129-213215-3fa3 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from boneage.runs import RUN_FILE, RUNS_DIR, Run, RunError, find_runs, resolve_test_run
 
 TEST_MAD, TEST_RMSE, TEST_ACC, TRAIN_ACC = "test/mad_years", "test/rmse_years", "test/acc", "train/acc"
 
@@ -52,17 +60,9 @@ TABLE2 = [
 ]
 
 
-def _version_number(path: Path) -> int:
-    m = re.fullmatch(r"version_(\d+)", path.name)
-    return int(m.group(1)) if m else -1
-
-
-def run_metrics(run_dir: str | Path) -> dict[str, float]:
+def run_metrics(run: Run | str | Path) -> dict[str, float]:
     """Last logged (non-NaN) value of every metric in a run's metrics.csv."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.csv; is {run_dir} a finished Lightning run directory?")
-    table = pd.read_csv(path)
+    table = (run if isinstance(run, Run) else Run(Path(run))).metrics()
     out = {}
     for col in table.columns:
         values = pd.to_numeric(table[col], errors="coerce").dropna()
@@ -71,84 +71,97 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
     return out
 
 
-def latest_run(logs: str | Path, experiment: str, need: str = TEST_MAD) -> Path | None:
-    """Newest ``version_N`` of an experiment whose metrics hold ``need``; None when there is none."""
-    root = Path(logs) / experiment
-    versions = sorted((p for p in root.glob("version_*") if p.is_dir()), key=_version_number, reverse=True)
-    for run in versions:
-        try:
-            if need in run_metrics(run):
-                return run
-        except FileNotFoundError:
-            continue
-    return None
+def finished_run(runs_dir: str | Path, experiment: str,
+                 named: Mapping[str, str] | None = None) -> tuple[Run | None, Run | None]:
+    """(fit run, test run) of an experiment: the run named for it in ``named`` (``EXP/<id>`` or a
+    run directory; errors are raised), else its newest fit run and that run's newest test run
+    (None when it has not been tested yet; (None, None) when the experiment has no fit run)."""
+    spec = (named or {}).get(experiment)
+    if spec:
+        return resolve_test_run(runs_dir, spec)
+    try:
+        return resolve_test_run(runs_dir, experiment)
+    except RunError:
+        fits = find_runs(runs_dir, experiment, stage="fit")
+        return (fits[-1] if fits else None), None
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def _lookup(logs: Path, experiment: str, keys: Sequence[str]) -> tuple[list[float | None], Path | None]:
-    run = latest_run(logs, experiment)
-    if run is None:
-        return [None] * len(keys), None
-    m = run_metrics(run)
-    # Training accuracy: the last epoch's value lives in the fit run (another version dir).
+def _lookup(runs_dir: str | Path, experiment: str, keys: Sequence[str],
+            named: Mapping[str, str] | None) -> tuple[list[float | None], Run | None, Run | None]:
+    fit, test = finished_run(runs_dir, experiment, named)
+    if test is None:
+        return [None] * len(keys), fit, None
+    m = run_metrics(test)
     values: list[float | None] = [m.get(k) for k in keys]
-    if TRAIN_ACC in keys and values[list(keys).index(TRAIN_ACC)] is None:
-        fit = latest_run(logs, experiment, TRAIN_ACC + "_epoch") or latest_run(logs, experiment, TRAIN_ACC)
-        if fit is not None:
+    if TRAIN_ACC in keys and fit is not None:  # the last epoch's training accuracy: in the fit run
+        try:
             fm = run_metrics(fit)
-            values[list(keys).index(TRAIN_ACC)] = fm.get(TRAIN_ACC + "_epoch", fm.get(TRAIN_ACC))
-    return values, run
+        except RunError:
+            fm = {}
+        values[list(keys).index(TRAIN_ACC)] = fm.get(TRAIN_ACC + "_epoch", fm.get(TRAIN_ACC))
+    return values, fit, test
 
 
-def table1(logs: str | Path, rows: Sequence[tuple] = TABLE1) -> pd.DataFrame:
+def _runs(fit: Run | None, test: Run | None) -> dict[str, str | None]:
+    return {"run": test.label if test else None, "fit run": fit.label if fit else None}
+
+
+def table1(runs_dir: str | Path, rows: Sequence[tuple] = TABLE1,
+           named: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Table 1: method, MAD, RMSE (ours, years) and the paper's values."""
-    logs = Path(logs)
     records = []
     for label, exp, p_mad, p_rmse in rows:
-        (mad, rmse), run = _lookup(logs, exp, [TEST_MAD, TEST_RMSE])
+        (mad, rmse), fit, test = _lookup(runs_dir, exp, [TEST_MAD, TEST_RMSE], named)
         records.append({"method": label, "experiment": exp, "MAD": mad, "RMSE": rmse,
-                        "paper MAD": p_mad, "paper RMSE": p_rmse, "run": str(run) if run else None})
+                        "paper MAD": p_mad, "paper RMSE": p_rmse, **_runs(fit, test)})
     return pd.DataFrame(records)
 
 
-def ablation_table(logs: str | Path, rows: Sequence[tuple] = ABLATIONS) -> pd.DataFrame:
+def ablation_table(runs_dir: str | Path, rows: Sequence[tuple] = ABLATIONS,
+                   named: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Ablation rows: variant, MAD, RMSE (years) and the paper's MAD."""
-    logs = Path(logs)
     records = []
     for label, exp, p_mad in rows:
-        (mad, rmse), run = _lookup(logs, exp, [TEST_MAD, TEST_RMSE])
+        (mad, rmse), fit, test = _lookup(runs_dir, exp, [TEST_MAD, TEST_RMSE], named)
         records.append({"method": label, "experiment": exp, "MAD": mad, "RMSE": rmse, "paper MAD": p_mad,
-                        "run": str(run) if run else None})
+                        **_runs(fit, test)})
     return pd.DataFrame(records)
 
 
-def table2(logs: str | Path, rows: Sequence[tuple] = TABLE2) -> pd.DataFrame:
+def table2(runs_dir: str | Path, rows: Sequence[tuple] = TABLE2,
+           named: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Table 2: frozen blocks, MAD, RMSE, training and test accuracy, with the paper's values."""
-    logs = Path(logs)
     records = []
     for k, exp, p_mad, p_rmse, p_tr, p_te in rows:
-        (mad, rmse, tr, te), run = _lookup(logs, exp, [TEST_MAD, TEST_RMSE, TRAIN_ACC, TEST_ACC])
+        (mad, rmse, tr, te), fit, test = _lookup(runs_dir, exp, [TEST_MAD, TEST_RMSE, TRAIN_ACC, TEST_ACC], named)
         records.append({"pretrained blocks": "Block 1" if k == 1 else f"Blocks 1-{k}", "experiment": exp,
                         "MAD": mad, "RMSE": rmse, "Training Accuracy": tr, "Test Accuracy": te,
                         "paper MAD": p_mad, "paper RMSE": p_rmse, "paper Training Accuracy": p_tr,
-                        "paper Test Accuracy": p_te, "run": str(run) if run else None})
+                        "paper Test Accuracy": p_te, **_runs(fit, test)})
     return pd.DataFrame(records)
 
 
 def to_markdown(table: pd.DataFrame, title: str) -> str:
     """A GitHub markdown table (no extra dependency), runs column left out."""
-    cols = [c for c in table.columns if c not in {"run", "experiment"}]
+    cols = [c for c in table.columns if c not in {"run", "fit run", "experiment"}]
     lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in table.iterrows():
         cells = [(_fmt(row[c]) if isinstance(row[c], float) or row[c] is None else str(row[c])) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
-    missing = table.loc[table["run"].isna(), "experiment"].tolist()
+    missing = table.loc[table["run"].isna() & table["fit run"].isna(), "experiment"].tolist()
+    untested = table.loc[table["run"].isna() & table["fit run"].notna(), "fit run"].tolist()
+    if missing or untested:
+        lines.append("")
     if missing:
-        lines += ["", "n/a: no finished test run yet for " + ", ".join(missing)
-                  + " (make tjnet-rsna, tjnet-ablations, tjnet-baselines or tjnet-transfer; docs/tjnet.md)"]
+        lines.append("n/a: no fit run yet of " + ", ".join(missing)
+                     + " (make tjnet-rsna, tjnet-ablations, tjnet-baselines or tjnet-transfer; docs/tjnet.md)")
+    if untested:
+        lines.append("n/a: the newest fit run is not tested yet: " + ", ".join(untested)
+                     + " (boneage test --config <run dir>/config.yaml --run <id> --ckpt_path best)")
     return "\n".join(lines) + "\n"
 
 
@@ -208,16 +221,47 @@ def side_by_side(images: Mapping[str, str | Path], out: str | Path) -> Path:
     return out
 
 
+EXPERIMENTS = [r[1] for r in TABLE1 + ABLATIONS + TABLE2]
+
+
+def named_runs(specs: Sequence[str]) -> dict[str, str]:
+    """``--run`` values (``EXP/<run id>`` or run directories) by experiment."""
+    named = {}
+    for spec in specs:
+        path = Path(spec)
+        experiment = Run(path).experiment if (path / RUN_FILE).is_file() else spec.partition("/")[0]
+        if experiment not in EXPERIMENTS:
+            raise RunError(f"--run {spec}: '{experiment}' is not an experiment of these tables "
+                           f"({', '.join(EXPERIMENTS)}); give EXP/<run id> or a run directory")
+        named[experiment] = spec
+    return named
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="TJ-Net Table 1, ablations and Table 2 from finished runs.")
-    parser.add_argument("--logs", default="lightning_logs", help="root of the run directories")
-    parser.add_argument("--out", default="lightning_logs/tjnet_tables", help="where to write tables/figures")
+    parser.add_argument("--runs-dir", "--logs", dest="runs_dir", default=RUNS_DIR,
+                        help="root of the run directories")
+    parser.add_argument("--out", default="reports/tjnet", help="where to write tables/figures")
+    parser.add_argument("--run", action="append", default=[], metavar="EXP/RUN_ID",
+                        help="use this run of experiment EXP (a fit run: its newest test run; or a test run "
+                             "id; or a run directory) instead of the newest; repeatable")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    try:
+        return _write(args.runs_dir, Path(args.out), named_runs(args.run))
+    except RunError as err:
+        print(f"tjnet_tables: {err}", file=sys.stderr)
+        return 2
+
+
+def _write(runs_dir: str, out: Path, named: dict[str, str]) -> int:
+    parts = [("Table 1: RSNA test (years)", "table1", table1(runs_dir, named=named)),
+             ("Ablations: RSNA test (years)", "ablations", ablation_table(runs_dir, named=named)),
+             ("Table 2: transfer to the Tongji-like data (years)", "table2", table2(runs_dir, named=named))]
+    for _, _, table in parts:
+        for row in table.dropna(subset=["run"]).to_dict("records"):
+            print(f"{row['experiment']}: test run {row['run']}"
+                  + (f" of fit run {row['fit run']}" if row["fit run"] else ""))
     out.mkdir(parents=True, exist_ok=True)
-    parts = [("Table 1: RSNA test (years)", "table1", table1(args.logs)),
-             ("Ablations: RSNA test (years)", "ablations", ablation_table(args.logs)),
-             ("Table 2: transfer to the Tongji-like data (years)", "table2", table2(args.logs))]
     text = []
     for title, stem, table in parts:
         table.to_csv(out / f"{stem}.csv", index=False)
@@ -225,15 +269,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "tables.md").write_text("\n".join(text))
     print("\n".join(text))
     written = [f"{s}.csv" for _, s, _ in parts] + ["tables.md"]
-    runs = {name: latest_run(args.logs, exp) for name, exp in
-            (("with joint learning", "tjnet_rsna"), ("without joint learning", "tjnet_rsna_no_joint"))}
-    preds = {name: run / "predictions.csv" for name, run in runs.items() if run is not None}
-    if len(preds) == 2 and all(p.is_file() for p in preds.values()):
-        error_by_age_group({n: pd.read_csv(p) for n, p in preds.items()}, out / "fig6_error_by_age_group.png")
-        written.append("fig6_error_by_age_group.png")
-    runs = {name: latest_run(args.logs, exp) for name, exp in
-            (("without CBAM", "tjnet_rsna_no_cbam"), ("with CBAM", "tjnet_rsna"))}
-    maps = {name: run / "figures" / "block4_activation.png" for name, run in runs.items() if run is not None}
+    tests = {name: finished_run(runs_dir, exp, named)[1] for name, exp in
+             (("with joint learning", "tjnet_rsna"), ("without joint learning", "tjnet_rsna_no_joint"))}
+    if all(tests.values()):
+        try:
+            preds = {name: run.predictions(need_truth=True) for name, run in tests.items()}
+        except RunError as err:
+            print(f"no Fig. 6 comparison: {err}")
+        else:
+            error_by_age_group(preds, out / "fig6_error_by_age_group.png")
+            written.append("fig6_error_by_age_group.png")
+    tests = {name: finished_run(runs_dir, exp, named)[1] for name, exp in
+             (("without CBAM", "tjnet_rsna_no_cbam"), ("with CBAM", "tjnet_rsna"))}
+    maps = {name: run.path / "figures" / "block4_activation.png" for name, run in tests.items() if run}
     if len(maps) == 2 and all(p.is_file() for p in maps.values()):
         side_by_side(maps, out / "fig5_block4_activation_cbam.png")
         written.append("fig5_block4_activation_cbam.png")

@@ -404,8 +404,9 @@ class PGGANMetrics(pl.Callback):
         fid_images: generated and real images for FID (paper 10,000).
         swd_images: generated and real images for SWD (paper 1,000).
         inception_weights_path: local timm inception_v3 weights for FID/IS (Inception labels).
-        regressor_checkpoint: age-regressor checkpoint for the domain FID/IS.
-        regressor_configs: the regressor experiment's YAML(s), to rebuild its network.
+        regressor_checkpoint: a checkpoint of an age-regressor fit run (e.g. xception_rsna's
+            ``<run>/checkpoints/last.ckpt``) for the domain FID/IS; the network is rebuilt from
+            that run's own config.yaml.
         batch_size: generation batch.
         seed: seed of the latents and metric sampling (same latents at every evaluation).
     """
@@ -419,7 +420,6 @@ class PGGANMetrics(pl.Callback):
         swd_images: int = 1000,
         inception_weights_path: str | None = None,
         regressor_checkpoint: str | None = None,
-        regressor_configs: list[str] | None = None,
         batch_size: int = 64,
         seed: int = 0,
     ) -> None:
@@ -427,7 +427,6 @@ class PGGANMetrics(pl.Callback):
         self.counts = {"msssim": msssim_images, "is": is_images, "fid": fid_images, "swd": swd_images}
         self.inception_weights_path = inception_weights_path
         self.regressor_checkpoint = regressor_checkpoint
-        self.regressor_configs = regressor_configs or []
         self.batch_size = batch_size
         self.seed = seed
         self.history: list[dict[str, float]] = []
@@ -577,11 +576,15 @@ class PGGANMetrics(pl.Callback):
             feats = InceptionFeatures(self.inception_weights_path, "features")
             logits = InceptionFeatures(self.inception_weights_path, "logits")
         elif self.regressor_checkpoint:
-            from boneage.analysis.latent import load_regressor, read_configs
+            from boneage.analysis.latent import load_regressor, regressor_size
+            from boneage.runs import RunError, run_of_checkpoint
 
-            system = load_regressor(self.regressor_checkpoint, self.regressor_configs)
-            data_args = read_configs(self.regressor_configs).get("data", {}).get("init_args", {})
-            predict = _AgeFn(system, tuple(data_args.get("image_size", (299, 299))))
+            run = run_of_checkpoint(self.regressor_checkpoint)
+            if run is None:
+                raise RunError(f"regressor_checkpoint {self.regressor_checkpoint} is not in a run's checkpoints/ "
+                               "folder: give lightning_logs/<regressor experiment>/<run id>/checkpoints/<file>")
+            system = load_regressor(run, self.regressor_checkpoint)
+            predict = _AgeFn(system, regressor_size(run))
             feats = RegressorFeatures(system.network, predict, "features")
             logits = RegressorFeatures(system.network, predict, "logits")
         else:

@@ -13,8 +13,9 @@ Choices where the paper is silent:
   class everywhere keeps train, val and test crops made the same way).
 - Checkpoint selection: best validation accuracy (``val/acc``).
 - Optimizer: Adam lr 1e-4 (the paper gives Adam, batch 32, lr 1e-4 for "the implementation").
-- Where the ROI data set goes: ``lightning_logs/<exp>/roi_dataset/`` (stable per experiment,
-  like the checkpoints), replaced on every export, so stage 2's YAML can name it.
+- Where the ROI data set goes: ``<predict run>/roi_dataset/`` (``lightning_logs/<exp>/predict-<id>/``),
+  one per export, never shared: the run's run.json names the stage-1 fit run and checkpoint it
+  came from, and stage 2 takes an export by run (``boneage.analysis.roi.export_csv``).
 - Empty masks keep the whole image (see boneage.analysis.roi); several blobs: the one holding
   the heat map's peak.
 """
@@ -61,7 +62,7 @@ class AgeGroupLocalizer(pl.LightningModule):
         blobs: "peak", "largest" or "union" (several blobs in the mask).
         empty: "full", "peak" or "raise" (empty mask).
         margin: widen each box by this fraction of its size per side.
-        roi_dir: where the ROI data set is written; default ``<experiment dir>/roi_dataset``.
+        roi_dir: where the ROI data set is written; default ``<predict run dir>/roi_dataset``.
         max_figures: Fig. 3 figures to draw (None: one per sample, 0: none).
     """
 
@@ -159,7 +160,7 @@ class AgeGroupLocalizer(pl.LightningModule):
     def roi_dir(self) -> Path:
         if self.hparams.roi_dir:
             return Path(self.hparams.roi_dir)
-        return Path(self.trainer.default_root_dir) / "roi_dataset"
+        return run_dir(self.trainer) / "roi_dataset"
 
     def on_predict_start(self) -> None:
         if self.trainer.world_size > 1:

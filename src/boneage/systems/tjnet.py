@@ -23,6 +23,9 @@ Recipe:
 - transfer: ``init_checkpoint`` (a TJ-Net checkpoint, e.g. from tjnet_rsna) initialises the
   network at the start of ``fit`` (tensors whose shapes differ, i.e. the age output layer when the
   class count changes, stay freshly initialised), and ``freeze_blocks: k`` freezes blocks 1..k.
+  ``python -m boneage.systems.tjnet [--run ID]`` prints the best checkpoint of a tjnet_rsna fit
+  run (default: the newest) for it; ``make tjnet-transfer [SOURCE_RUN=ID]`` uses that, and the
+  transfer's config.yaml records the path.
 
 Logged: ``{stage}/loss``, ``{stage}/mae`` and ``{stage}/rmse`` (label units), ``{stage}/mad_years``
 and ``{stage}/rmse_years`` (the paper reports years), ``{stage}/acc`` (class accuracy), and for
@@ -33,6 +36,7 @@ distribution per age group (paper Fig. 6, one run) and block-4 activation heat m
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +70,10 @@ def load_network_weights(network: nn.Module, path: str | Path) -> tuple[list[str
     if not path.is_file():
         raise FileNotFoundError(
             f"init_checkpoint {path} not found. It is a checkpoint of a TJ-Net trained on RSNA: run "
-            "`make train EXP=tjnet_rsna` (it writes lightning_logs/tjnet_rsna/checkpoints/best-*.ckpt and "
-            "last.ckpt) and give that path as --model.init_args.init_checkpoint PATH "
-            "(or INIT=PATH for make).")
+            "`make train EXP=tjnet_rsna` (it writes lightning_logs/tjnet_rsna/<run id>/checkpoints/best-*.ckpt), "
+            "then `make tjnet-transfer [SOURCE_RUN=<run id>]`, or give a file as "
+            "--model.init_args.init_checkpoint PATH (`python -m boneage.systems.tjnet [--run ID]` prints "
+            "a run's best checkpoint).")
     # A local file the user names; Lightning checkpoints carry more than tensors.
     state = torch.load(path, map_location="cpu", weights_only=False)
     state = state.get("state_dict", state)
@@ -81,6 +86,38 @@ def load_network_weights(network: nn.Module, path: str | Path) -> tuple[list[str
                          f"expected keys like {next(iter(own))!r}; is it a checkpoint of another model?")
     network.load_state_dict(loaded, strict=False)
     return sorted(loaded), sorted(set(own) - set(loaded))
+
+
+def transfer_source(runs_dir: str | Path = "lightning_logs", run: str | None = None,
+                    experiment: str = "tjnet_rsna") -> Path:
+    """The best checkpoint of fit run ``run`` (default: the newest) of ``experiment``: the
+    ``init_checkpoint`` of a transfer. Says which run and file on stderr; raises RunError."""
+    from boneage.runs import resolve_run
+
+    source = resolve_run(runs_dir, experiment, run, stage="fit")
+    ckpt = source.checkpoint("best")
+    newest = "" if run else " (the newest fit run)"
+    print(f"transfer source: run {source.label}{newest}, checkpoint {ckpt}", file=sys.stderr)
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m boneage.systems.tjnet [--runs-dir D] [--experiment E] [--run ID]``: print the
+    transfer source checkpoint (for ``--model.init_args.init_checkpoint``)."""
+    import argparse
+
+    from boneage.runs import RunError, add_run_arguments
+
+    parser = argparse.ArgumentParser(description="Print the best checkpoint of a TJ-Net fit run "
+                                                 "(the source of a transfer).")
+    add_run_arguments(parser, experiment="tjnet_rsna")
+    args = parser.parse_args(argv)
+    try:
+        print(transfer_source(args.runs_dir, args.run, args.experiment))
+    except RunError as err:
+        print(f"tjnet transfer: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 class TJNetSystem(pl.LightningModule):
@@ -369,3 +406,7 @@ class TJNetSystem(pl.LightningModule):
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.scheduler_monitor}}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
