@@ -7,6 +7,8 @@ EXP ?=
 ARGS ?=
 CKPT ?= best
 RESUME ?=
+RUN ?=
+RUNS_DIR ?= lightning_logs
 # cluster and sweeps: make slurm EXP=... [NODES=1] [GPUS=4] [SBATCH=sbatch]; make sweep EXP=... [COUNT=]
 NODES ?= 1
 GPUS ?= 4
@@ -17,17 +19,21 @@ SLURM_DIR ?= lightning_logs/$(EXP)/slurm
 # torch wheels for the machine; override for another platform, e.g. TORCH_SPEC="torch torchvision"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
+# ARGS and RUN reach `make slurm`'s job through the environment, quotes and spaces intact.
+export ARGS RUN
+
 EXPERIMENTS := $(sort $(basename $(notdir $(wildcard experiments/*.yaml))))
 
-.PHONY: help install demo train eval test test-slow lint check-exp slurm sweep
+.PHONY: help install demo train eval runs test test-slow lint check-exp slurm sweep
 
 help:
 	@echo "make install                 virtual environment + package (seconds when already installed)"
 	@echo "make demo                    phantom RSNA data, train a small regressor on CPU, print the MAE table"
-	@echo "make train EXP=name [ARGS=...] [RESUME=1]   boneage fit --config experiments/name.yaml"
-	@echo "make eval EXP=name [CKPT=best|last|path]    boneage test on the held-out split"
+	@echo "make train EXP=name [ARGS=...] [RESUME=1] [RUN=id]   a new fit run (RESUME=1: continue the newest, RUN: that run)"
+	@echo "make eval EXP=name [CKPT=best|last|path] [RUN=id]    test the newest (or named) fit run with its own config"
+	@echo "make runs [EXP=name]                                  list the runs (lightning_logs/<exp>/<run id>/)"
 	@echo "make slurm EXP=name [NODES=1] [GPUS=4] [ARGS=...]   fill experiments/slurm/*.sbatch and submit it"
-	@echo "make sweep EXP=name [COUNT=n]               create the W&B sweep experiments/sweeps/name.yaml, start an agent"
+	@echo "make sweep EXP=name [COUNT=n] [WANDB_PROJECT=boneage] [WANDB_ENTITY=team]   create the W&B sweep experiments/sweeps/name.yaml, start an agent"
 	@echo "make test | test-slow | lint"
 	@echo "experiments: $(EXPERIMENTS)"
 
@@ -43,16 +49,32 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: install
 	$(PY) -m boneage.demo
 
+# make phantoms [EXP=name] [PHANTOM_ARGS="--n 100"]: the default phantom of experiment EXP (default: of every
+# experiment, each data set once) where its YAML reads its data; data already there is kept. PHANTOM_ARGS go to
+# the generator (boneage-phantom <generator> --help); DRY_RUN=1 prints the commands.
+PHANTOM_ARGS ?=
+PHANTOM_DEPS ?= install
+DRY_RUN ?=
+.PHONY: phantoms
+phantoms: $(PHANTOM_DEPS) $(if $(EXP),check-exp)
+	@$(PY) -m boneage.phantoms.cli experiment $(EXP) $(if $(DRY_RUN),--dry-run) $(if $(PHANTOM_ARGS),-- $(PHANTOM_ARGS))
+
 check-exp:
 	@if [ -z "$(EXP)" ] || [ ! -f experiments/$(EXP).yaml ]; then \
 	  echo "Unknown experiment '$(EXP)'. Available experiments:"; \
 	  for e in $(EXPERIMENTS); do echo "  $$e"; done; exit 2; fi
 
 train: install check-exp
-	$(BONEAGE) fit --config experiments/$(EXP).yaml $(if $(RESUME),--ckpt_path last,) $(ARGS)
+	$(BONEAGE) fit --config experiments/$(EXP).yaml --runs_dir $(RUNS_DIR) $(if $(RESUME),--ckpt_path last,) \
+	  $(if $(RUN),--run $(RUN),) $(ARGS)
 
+# The fit run's own config.yaml (with the overrides it was trained with), its best/last checkpoint.
 eval: install check-exp
-	$(BONEAGE) test --config experiments/$(EXP).yaml --ckpt_path $(CKPT) $(ARGS)
+	@run=$$($(PY) -m boneage.runs path --runs-dir $(RUNS_DIR) --experiment $(EXP) $(if $(RUN),--run $(RUN),)) && \
+	  $(BONEAGE) test --config "$$run/config.yaml" --runs_dir $(RUNS_DIR) --run "$$run" --ckpt_path $(CKPT) $(ARGS)
+
+runs: install
+	@$(PY) -m boneage.runs list --runs-dir $(RUNS_DIR) $(if $(EXP),--experiment $(EXP),)
 
 test: install
 	$(PY) -m pytest -q
@@ -75,16 +97,12 @@ slurm: check-exp
 	     -e 's/^#SBATCH --job-name=.*/#SBATCH --job-name=$(EXP)/' \
 	     -e 's|^PY="$${PY:-.venv/bin/python}"|PY="$${PY:-$(VENV)/bin/python}"|' $$tpl > $$job; \
 	 echo "wrote $$job from $$tpl ($(NODES) node(s) x $(GPUS) GPU(s))"; \
-	 EXP=$(EXP) ARGS='$(ARGS)' $(SBATCH) --export=ALL $$job
+	 EXP=$(EXP) $(SBATCH) --export=ALL $$job
 
-sweep: install check-exp
-	@test -f experiments/sweeps/$(EXP).yaml || { echo "no sweep for $(EXP); sweeps: $$(ls experiments/sweeps)"; exit 2; }
-	@export PATH="$(abspath $(VENV))/bin:$$PATH"; \
-	 id=$$(wandb sweep --project $(WANDB_PROJECT) experiments/sweeps/$(EXP).yaml 2>&1 | tee /dev/stderr \
-	       | sed -n 's/.*wandb agent \([^ ]*\).*/\1/p' | tail -n 1); \
-	 test -n "$$id" || { echo "wandb sweep failed: log in first (wandb login) or set WANDB_API_KEY"; exit 1; }; \
-	 echo "sweep $$id: starting an agent (more agents: wandb agent $$id)"; \
-	 wandb agent $(if $(COUNT),--count $(COUNT),) $$id
+# The sweep is created through wandb's API (python -m boneage.sweep); every trial is its own run.
+sweep: install
+	@$(PY) -m boneage.sweep $(EXP) --project $(WANDB_PROJECT) $(if $(WANDB_ENTITY),--entity $(WANDB_ENTITY),) \
+	  $(if $(COUNT),--count $(COUNT),)
 
 # Paper-specific targets (tables, pipelines, exports) live in mk/<paper>.mk.
 -include mk/*.mk

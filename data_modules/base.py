@@ -465,6 +465,16 @@ def parse_sex(values: pd.Series, source: str, key: str) -> np.ndarray:
     return out.to_numpy(np.float32)
 
 
+def missing_data(what: str, path: str | Path, owner: type, alternative: str) -> DataError:
+    """The one-line error for a missing data folder or label file: its path, the command that makes a
+    phantom there (``make phantoms EXP=<the experiment whose YAML names the path>``, see
+    :func:`boneage.phantoms.experiment.hint`), then ``alternative``."""
+    from boneage.phantoms.experiment import hint
+
+    how = hint(path, f"{owner.__module__}.{owner.__qualname__}")
+    return DataError(f"{what} {path} does not exist: {how + '; or ' if how else ''}{alternative}")
+
+
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str | Path, hint: str = "") -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:

@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data_modules.base import DataError, ImageTableDataModule, numeric_column, parse_sex, require_columns, resolve
+from data_modules.base import (
+    DataError,
+    ImageTableDataModule,
+    missing_data,
+    numeric_column,
+    parse_sex,
+    require_columns,
+    resolve,
+)
 
 
 class HospitalCSVDataModule(ImageTableDataModule):
@@ -61,9 +69,9 @@ class HospitalCSVDataModule(ImageTableDataModule):
 
     def read_table(self) -> pd.DataFrame:
         if not self.csv_path.is_file():
-            raise DataError(f"label CSV {self.csv_path} does not exist. Point data.init_args.csv_path at a CSV "
-                            f"with columns {self.image_col},{self.age_col},{self.sex_col}, or make a phantom "
-                            "(boneage-phantom --help lists the generators).")
+            raise missing_data("label CSV", self.csv_path, type(self),
+                               f"point data.init_args.csv_path at a CSV with columns "
+                               f"{self.image_col},{self.age_col},{self.sex_col}")
         frame = pd.read_csv(self.csv_path)
         cols = [self.image_col, self.age_col] + [c for c in (self.sex_col, self.group_col, self.split_col) if c]
         require_columns(frame, cols, self.csv_path, "Set data.init_args.image_col/age_col/sex_col to your names.")

@@ -16,7 +16,15 @@ from typing import Any
 import pandas as pd
 
 from boneage.phantoms import rsna as rsna_phantom
-from data_modules.base import DataError, ImageTableDataModule, numeric_column, parse_sex, require_columns, resolve
+from data_modules.base import (
+    DataError,
+    ImageTableDataModule,
+    missing_data,
+    numeric_column,
+    parse_sex,
+    require_columns,
+    resolve,
+)
 
 # Column names of each split's CSV in the real downloads: (id, age in months, sex).
 COLUMNS = {
@@ -64,10 +72,9 @@ class RSNADataModule(ImageTableDataModule):
 
     def read_table(self) -> pd.DataFrame:
         if not self.data_dir.is_dir():
-            raise DataError(
-                f"RSNA data folder {self.data_dir} does not exist. Point data.init_args.data_dir at your RSNA "
-                "Pediatric Bone Age download (the folder holding boneage-training-dataset.csv), or make a "
-                f"phantom there: boneage-phantom rsna --out {self.data_dir} --n 500")
+            raise missing_data("RSNA data folder", self.data_dir, type(self),
+                               "point data.init_args.data_dir at your RSNA Pediatric Bone Age download "
+                               "(the folder holding boneage-training-dataset.csv)")
         parts = []
         for split, (csv, images) in self.sources.items():
             if csv is None:
@@ -81,7 +88,8 @@ class RSNADataModule(ImageTableDataModule):
     @staticmethod
     def _read_split(split: str, csv: Path, images: Path) -> pd.DataFrame:
         if not csv.is_file():
-            raise DataError(f"RSNA {split} CSV not found: {csv}")
+            raise missing_data(f"RSNA {split} CSV", csv, RSNADataModule,
+                               f"point data.init_args.data_dir or {split}_csv at your RSNA {split} CSV")
         frame = pd.read_csv(csv)
         for id_col, age_col, sex_col in COLUMNS[split]:
             if {id_col, age_col, sex_col} <= set(frame.columns):

@@ -9,14 +9,14 @@ import math
 import pandas as pd
 import pytest
 import torch
-from scale_helpers import family_args, present_families
+from scale_helpers import family_args, fit_run, present_families
 
 STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
          "--trainer.log_every_n_steps", "1"]
 
 
 def weights(exp_dir) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(exp_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(fit_run(exp_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     return {k: v for k, v in ckpt["state_dict"].items() if torch.is_tensor(v) and v.is_floating_point()
             and "running_" not in k and v.numel() > 0}
 
@@ -44,7 +44,7 @@ def test_bf16_mixed_follows_float32(family, run_cli, tmp_path):
     # the sign, so the runs agree strongly but not perfectly (unrelated updates: cosine ~ 1/sqrt(n) ~ 0).
     cosine = torch.nn.functional.cosine_similarity(d32, d16, dim=0).item()
     assert cosine > 0.5, f"bf16 updates point elsewhere than float32 ones (cosine {cosine:.3f})"
-    m32, m16 = (pd.read_csv(runs / e / "version_0" / "metrics.csv") for e in ("fp32", "bf16"))
+    m32, m16 = (pd.read_csv(fit_run(runs / e) / "metrics.csv") for e in ("fp32", "bf16"))
     losses = [c for c in m32.columns if c.startswith("train/") and "loss" in c and c.endswith(("loss", "_epoch"))]
     for key in losses:
         a, b = m32[key].dropna().iloc[-1], m16[key].dropna().iloc[-1]

@@ -69,8 +69,13 @@ def wandb_mode() -> str:
         import wandb
         from wandb.sdk.lib.wbauth import wbnetrc
 
-        host = wandb.Settings().base_url
-        return "online" if wbnetrc.read_netrc_auth(host=host) else "offline"
+        # the host as wandb's own setup finds it: `wandb login --host` settings, then WANDB_BASE_URL
+        settings = wandb.Settings()
+        config_dir = Path(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb").expanduser()
+        settings.settings_system = str(config_dir / "settings")
+        settings.update_from_system_settings()
+        settings.update_from_env_vars(dict(os.environ))
+        return "online" if wbnetrc.read_netrc_auth(host=settings.base_url) else "offline"
     except Exception:  # noqa: BLE001 - wandb moved its credential lookup: be safe, stay local
         return "offline"
 
@@ -174,6 +179,9 @@ class BoneAgeCLI(LightningCLI):
         stage = self.subcommand or "fit"
         _null_weight_paths(cfg.get("model"))
         name, exp_dir = self._experiment()
+        if not self.subcommand and cfg["trainer"].get("logger") is False:
+            self.run = None  # BoneAgeCLI(run=False) building objects in Python, logging off: no run
+            return
         recipe = cfg.clone()
         recipe["experiment"], recipe["run"] = name, None
         if "ckpt_path" in recipe:
@@ -291,9 +299,9 @@ class BoneAgeCLI(LightningCLI):
         info = run.info
         wandb_id = info.get("wandb_id") or os.environ.get("WANDB_RUN_ID")
         if not wandb_id:
-            import wandb.util
+            from wandb.sdk.lib.runid import generate_id
 
-            wandb_id = wandb.util.generate_id()
+            wandb_id = generate_id()
         if _rank() == 0 and info.get("wandb_id") != wandb_id:
             info["wandb_id"] = wandb_id
             if os.environ.get("WANDB_SWEEP_ID"):
@@ -310,6 +318,8 @@ class BoneAgeCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         cfg = self._cfg()
+        if self.run is None:
+            return super()._instantiate_trainer(config, callbacks)
         own = [c for c in (config.get("callbacks") or []) if isinstance(c, ModelCheckpoint)]
         ckpt_dir = str(self.run.path / "checkpoints")
         for cb in own:  # a user's checkpoint callback without a folder writes into the run
@@ -417,8 +427,15 @@ def main(args: list[str] | None = None) -> None:
         BoneAgeCLI(args=argv)
         status = "finished"
     except SystemExit as err:  # Lightning's SIGTERMException, argparse errors
-        status = "interrupted" if type(err).__name__ == "SIGTERMException" else "failed"
-        raise
+        if type(err).__name__ != "SIGTERMException":
+            status = "failed" if err.code not in (0, None) else "finished"
+            raise
+        status = "interrupted"
+        shared = json.loads(os.environ.get(RUN_ENV) or "null")
+        if shared and _rank() == 0:
+            print(f"boneage: stopped by a signal; continue with --run {Path(shared['dir']).name} "
+                  "(or make train ... RESUME=1)", file=sys.stderr)
+        raise SystemExit(143) from None  # 128 + SIGTERM: a scheduler sees an unfinished job
     except BaseException as err:
         if debug or not _expected(err):
             raise

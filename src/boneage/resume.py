@@ -55,6 +55,48 @@ from torchmetrics import Metric
 TMP_SUFFIX = ".tmp"
 
 
+# --------------------------------------------------------------------------------- Lightning internals
+# Exact resume and the signal handling reach into these non-public parts of Lightning (tested range:
+# pytorch-lightning >=2.6,<2.7, pinned in setup.cfg). A Lightning release that moves one fails loudly
+# at the start of fit, naming it, instead of resuming wrongly.
+LIGHTNING_INTERNALS = (
+    "trainer._signal_connector.received_sigterm",
+    "trainer._accelerator_connector.cluster_environment",
+    "trainer.fit_loop._data_fetcher",
+    "trainer.fit_loop._combined_loader",
+    "trainer.fit_loop.epoch_loop._results",
+    "trainer.fit_loop.epoch_loop.batch_progress.current.processed",
+    "trainer.strategy.launcher",
+    "ModelCheckpoint._should_skip_saving_checkpoint",
+    "ModelCheckpoint._save_checkpoint",
+    "ModelCheckpoint._monitor_candidates",
+    "_ResultMetric.cumulated_batch_size",
+    "_Metadata.is_mean_reduction",
+    "ExperimentWriter._check_log_dir_exists",
+    "RandomSampler._num_samples",
+)
+
+
+def missing_lightning_internals(trainer: pl.Trainer) -> list[str]:
+    """The entries of :data:`LIGHTNING_INTERNALS` this Lightning version does not have."""
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+    from pytorch_lightning.trainer.connectors.logger_connector.result import _Metadata, _ResultMetric
+
+    roots = {"trainer": trainer, "ModelCheckpoint": ModelCheckpoint, "ExperimentWriter": ExperimentWriter,
+             "RandomSampler": RandomSampler([0]), "_ResultMetric": _ResultMetric(_Metadata("fx", "name"), True),
+             "_Metadata": _Metadata}
+    missing = []
+    for name in LIGHTNING_INTERNALS:
+        root, *attrs = name.split(".")
+        obj = roots[root]
+        for attr in attrs:
+            if not hasattr(obj, attr):
+                missing.append(name)
+                break
+            obj = getattr(obj, attr)
+    return missing
+
+
 # --------------------------------------------------------------------------------- atomic save
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into ``<name>.<pid>.tmp`` beside the target, fsync, then ``os.replace``.
@@ -240,6 +282,11 @@ class ExactResume(Callback):
         if stage != "fit":
             return
         self._trainer = trainer
+        missing = missing_lightning_internals(trainer)
+        if missing:
+            raise RuntimeError(f"exact resume relies on Lightning internals that pytorch-lightning {pl.__version__} "
+                               f"does not have: {', '.join(missing)}. Install pytorch-lightning>=2.6,<2.7 (the "
+                               "tested range) or run with --exact_resume false")
         for m in pl_module.modules():
             if isinstance(m, Metric):
                 m.persistent(True)  # metric accumulators travel with the checkpoint
@@ -260,6 +307,25 @@ class ExactResume(Callback):
             signal.signal(signal.SIGUSR1, self._old_usr1)
             self._old_usr1 = None
 
+    def _take_over_sigterm(self) -> None:
+        """Lightning's SIGTERM handler broadcasts over the process group from inside the handler, which
+        deadlocks DDP ranks that are in another collective; ours only takes note (Lightning still
+        shares rank 0's flag at every batch start, and on_train_batch_end shares any rank's)."""
+        if self.save_on_signal and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        trainer = self._trainer
+        if trainer is None:
+            return
+        connector = trainer._signal_connector
+        if not connector.received_sigterm and trainer.strategy.launcher is not None:
+            trainer.strategy.launcher.kill(signum)  # forward to the processes this one launched
+        connector.received_sigterm = True
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_over_sigterm()
+
     def _on_sigusr1(self, signum: int, frame: Any) -> None:
         self._sigusr1 = True
         if self._trainer is not None:  # Lightning's loops stop where they check for SIGTERM (validation too)
@@ -273,6 +339,7 @@ class ExactResume(Callback):
 
     # --- training -------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_over_sigterm()
         loaded, self._loaded = self._loaded, None
         resumed_mid_epoch = (loaded is not None and loaded["epoch"] == trainer.current_epoch
                              and 0 < loaded["batches_done"] < trainer.num_training_batches)

@@ -227,6 +227,9 @@ def resolve_run(runs_dir: str | Path, experiment: str, run: str | None = None, s
         experiment, run = run.split("/", 1)
     runs = find_runs(runs_dir, experiment, stage=stage)
     exp_dir = Path(runs_dir) / experiment
+    if not runs:
+        raise RunError(f"no {stage} run of '{experiment}' in {exp_dir}: train it first "
+                       f"(make train EXP={experiment}) or give --runs_dir")
     if run:
         exact = [r for r in runs if r.id == run]
         matches = exact or [r for r in runs if r.id.startswith(run)]
@@ -236,9 +239,6 @@ def resolve_run(runs_dir: str | Path, experiment: str, run: str | None = None, s
             raise RunError(f"{what} {stage} run '{run}' in {exp_dir} (its {stage} runs: {known})")
         chosen = matches[0]
     else:
-        if not runs:
-            raise RunError(f"no {stage} run of '{experiment}' in {exp_dir}: train it first "
-                           f"(make train EXP={experiment}) or give --runs_dir")
         chosen = runs[-1]
     if verbose:
         print(f"using run {chosen.label}" + ("" if run else f" (the newest {stage} run)"), flush=True)

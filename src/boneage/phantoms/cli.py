@@ -1,5 +1,8 @@
 """``boneage-phantom <generator> --out DIR --n N --seed S ...``
 
+``boneage-phantom experiment [NAME ...] [--dry-run] [-- FLAGS]``: the default phantom of an
+experiment, where its YAML reads its data (``make phantoms EXP=NAME``); FLAGS go to the generator.
+
 Every module in :mod:`boneage.phantoms` that defines ``NAME``, ``add_arguments(parser)``
 and ``main(args)`` becomes a sub-command, so a new generator needs no registry edit.
 """
@@ -34,9 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
         module.add_arguments(p)
         p.set_defaults(_module=module)
-    args = parser.parse_args(argv)
-    args._module.main(args)
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # flags after "--" are for the generator an experiment's phantom runs (boneage-phantom experiment)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1:]
+    if extra and args.generator != "experiment":
+        parser.error(f"'-- {' '.join(extra)}': generator flags after -- are for 'experiment' only")
+    args.generator_args = extra
+    return args._module.main(args) or 0
 
 
 if __name__ == "__main__":
