@@ -59,7 +59,8 @@ def test_best_is_the_best_score_of_the_named_run_and_eval_records_it(tmp_path, r
     assert second.wait(timeout=600) == 0, second.stderr.read()[-3000:]
     older, newer = find_runs(tmp_path, "regressor_rsna")
 
-    assert sorted(p.name for p in older.checkpoints()) == ["epoch=0.ckpt", "epoch=1.ckpt", "epoch=2.ckpt"]  # the user's, only
+    # the user's callback only (no defaults beside it), in the run's checkpoints/
+    assert sorted(p.name for p in older.checkpoints()) == ["epoch=0.ckpt", "epoch=1.ckpt", "epoch=2.ckpt"]
     val = older.metrics().dropna(subset=["val/mae"]).set_index("epoch")["val/mae"]
     assert val.nunique() == 3  # three different scores
     assert older.checkpoint("best").name == f"epoch={val.idxmax()}.ckpt"  # mode max: the highest val/mae
