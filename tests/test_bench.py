@@ -104,7 +104,7 @@ def test_bench_runs_tiny_and_writes_table_and_json(tmp_path):
         assert fam["ratio_median"] == pytest.approx(fw["median_ms"] / plain["median_ms"])
         assert fam["batch"] == 4 and fam["image_size"] == [64, 64]
         # the framework arm is the CLI's: its loggers and checkpoint callback
-        assert {"CSVLogger", "TensorBoardLogger"} <= set(fam["loggers"])
+        assert {"RunCSVLogger", "TensorBoardLogger"} <= set(fam["loggers"])
         assert "ModelCheckpoint" in fam["callbacks"]
         assert f"| {fam['family']} | {fam['network']}" in table
     assert set(saved["options"]["arms"]) == {"default", "channels_last"}

@@ -32,10 +32,13 @@ def preempt(step: int, sig: str, phase: str = "train") -> list[str]:
             f"--trainer.callbacks.signal_name={sig}", f"--trainer.callbacks.phase={phase}"]
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", pytest.param("SIGUSR1", marks=pytest.mark.slow(
-    reason="same path as SIGTERM; SIGUSR1 is also covered by the SLURM requeue test"))])
-def test_regressor_resumes_exactly_after_a_signal_mid_epoch(sig, run_cli, rsna_phantom, tmp_path):
-    args = [*REGRESSOR, *phantom_data_args(rsna_phantom)]
+@pytest.mark.parametrize("sig,workers", [
+    ("SIGTERM", 0),
+    ("SIGTERM", 2),  # augmentation in loader worker processes (every paper YAML uses workers)
+    pytest.param("SIGUSR1", 0, marks=pytest.mark.slow(
+        reason="same path as SIGTERM; SIGUSR1 is also covered by the SLURM requeue test"))])
+def test_regressor_resumes_exactly_after_a_signal_mid_epoch(sig, workers, run_cli, rsna_phantom, tmp_path):
+    args = [*REGRESSOR, *phantom_data_args(rsna_phantom), "--data.init_args.num_workers", str(workers)]
     runs = run_cli("fit", *args, "--experiment", "straight")
     with pytest.raises(SystemExit):
         run_cli("fit", *args, "--experiment", "stopped", *preempt(9, sig))  # epoch 1 of 2, mid-epoch
