@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from boneage.phantoms.common import read_metadata
-from boneage.runs import RUN_FILE, RUNS_DIR, Run, RunError, resolve_run
+from boneage.runs import RUN_FILE, RUNS_DIR, Run, RunError, resolve_test_run
 
 
 @dataclass(frozen=True)
@@ -48,22 +48,8 @@ def result_run(runs_dir: str | Path, experiment: str, name: str | None = None) -
     ``name`` None: the newest test evaluation of the newest fit run. ``name`` a test run: that
     run; a fit run: its newest test evaluation. Predict runs are never results.
     """
-    if name is None:
-        run = resolve_run(runs_dir, experiment)
-    else:  # a run directory, or an id of a test or a fit run
-        try:
-            run = resolve_run(runs_dir, experiment, name, stage="test")
-        except RunError:
-            run = resolve_run(runs_dir, experiment, name, stage="fit")
-    if run.stage == "test":
-        return run
-    if run.stage != "fit":
-        raise RunError(f"{run.label} is a {run.stage} run: name a test run or the fit run it evaluated")
-    tests = run.evaluations("test")
-    if not tests:
-        raise RunError(f"{run.label} has no test run yet: boneage test --config {run.path / 'config.yaml'} "
-                       f"--run {run.id} --ckpt_path best")
-    return tests[-1]
+    spec = experiment if name is None else name if Path(name).is_dir() else f"{experiment}/{name}"
+    return resolve_test_run(runs_dir, spec)[1]
 
 
 def run_mae(run: Run, metric: str = "test/mae") -> float:
