@@ -88,7 +88,7 @@ def test_preempted_or_killed_job_resumes_its_own_run_and_no_other(signal_name, r
 
     other = run_job(tmp_path, rsna_phantom, restart=0, job="5151", at_step=100)  # another job: starts afresh
     assert other.returncode == 0 and "continuing run" not in other.stderr, other.stderr[-3000:]
-    second = run_job(tmp_path, rsna_phantom, restart=1)
+    second = run_job(tmp_path, rsna_phantom, restart=1, at_step=100)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-3000:]
     assert f"continuing run regressor_rsna/slurm-4242 from {runs / 'slurm-4242' / 'checkpoints' / 'last.ckpt'}" in log

@@ -243,7 +243,7 @@ class BoneAgeCLI(LightningCLI):
         if (run.path / "config.yaml").is_file():
             import yaml
 
-            now = yaml.safe_load(self._parser(self.subcommand).dump(self._recipe, skip_none=False))
+            now = yaml.safe_load(self._parser(self.subcommand).dump(self._recipe))  # None and absent compare equal
             changed = setting_changes(run.config(), now)
             if changed:
                 raise RunError(f"{run.label} was started with other settings ({'; '.join(changed[:4])}"
