@@ -42,49 +42,88 @@ from boneage.phantoms.common import read_metadata
 cv2.setNumThreads(0)
 
 STAGES = ("train", "val", "test", "predict")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")  # data_modules.dicom reads them (pydicom)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *DICOM_SUFFIXES)
 
 
 class DataError(ValueError):
     """Bad input data: the message names the file, row or key and what to do."""
 
 
-def read_gray(path: str | Path) -> np.ndarray:
-    """Decode an 8- or 16-bit image as uint8 grayscale.
+def read_raw(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """A single-frame image in its stored units, and its DICOM display metadata (``{}`` for other
+    formats): uint8/uint16 for PNG/JPEG/TIFF/BMP (colour converted to gray), float32 modality units
+    for DICOM (:func:`data_modules.dicom.read_dicom`)."""
+    if Path(path).suffix.lower() in DICOM_SUFFIXES:
+        from data_modules.dicom import read_dicom
 
-    16-bit images are windowed to their own 0.5-99.5 percentile range (scanners use 10-16 of
-    the 16 bits); 8-bit images are kept as they are; colour images are converted to gray.
-    """
+        frames, meta = read_dicom(path)
+        if len(frames) != 1:
+            raise DataError(f"{path} has {len(frames)} frames where one view was expected; list single-frame files")
+        return frames[0], meta
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         if not Path(path).is_file():
             raise DataError(f"image file not found: {path}")
-        raise DataError(f"cannot decode image {path}: the file is not a readable PNG/JPEG/TIFF; "
+        raise DataError(f"cannot decode image {path}: the file is not a readable PNG/JPEG/TIFF/DICOM; "
                         "replace it or remove its row from the label CSV")
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    if img.dtype != np.uint8:
-        lo, hi = np.percentile(img, (0.5, 99.5))
-        img = np.clip((img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0)), 0, 255).astype(np.uint8)
-    return img
+    return img, {}
+
+
+def read_gray(path: str | Path | Sequence[str | Path], window: str | Sequence[float] = "dicom") -> np.ndarray:
+    """Decode an image file as the uint8 grayscale network input.
+
+    PNG/JPEG/TIFF/BMP and DICOM (``.dcm``, ``.dicom``; a two-frame NM whole-body scan becomes its
+    anterior and posterior views side by side). An image with more than 8 bits goes through
+    ``window`` (:func:`data_modules.dicom.to_uint8`): "dicom" (the file's own VOI LUT or window;
+    the image's 0.5-99.5 percentiles when it has none), "percentile", or a fixed [low, high] in
+    stored units (HU, counts). 8-bit images are kept as they are. A pair of paths is a scan whose
+    anterior and posterior views are two files (:func:`data_modules.dicom.read_two_files`).
+    """
+    from data_modules import dicom
+
+    if isinstance(path, (tuple, list)):
+        return dicom.read_two_files(path[0], path[1], window)
+    if Path(path).suffix.lower() in DICOM_SUFFIXES:
+        return dicom.read_dicom_gray(path, window)
+    img, meta = read_raw(path)
+    return dicom.to_uint8(img, window, path, meta)
+
+
+def _whole_factor(factor: float) -> int:
+    """The whole factor of the first, fast area step of `shrink` on one axis."""
+    return max(1, int(factor // 3) if factor >= 6 else int(factor))
 
 
 def shrink(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize to exactly (height, width), area-averaging when shrinking.
+    """Resize to exactly (height, width), area-averaging every axis that shrinks.
 
-    OpenCV's area resize is fast only for whole-number factors, so a large shrink is done in
-    two steps: an area average by the whole factor k (after trimming fewer than k edge rows and
-    columns, split between both sides, so the geometry moves by under one output pixel), then a
-    bilinear resize by the remaining factor below 2. Four times faster than one area resize at a
-    non-integer factor (a 1911x1456 radiograph to 128 px: 2.2 ms against 8.2 ms), same look.
+    OpenCV's area resize is fast only at whole-number factors (a 2185x1669 radiograph to 128x98:
+    10 ms at its own factors, 17.07x17.03), so each axis is first area-averaged by a whole factor
+    of its own, k (after trimming fewer than k edge rows or columns, split between both sides, so
+    the geometry moves by under one output pixel), and the small remainder is then area-resized to
+    the exact size (bilinear on an axis that grows). Chose k = factor // 3 from a factor of 6 up,
+    so that at least 3x is left for the exact area step: with k = the whole factor the remainder is
+    near 1x and lets the first step's residue of fine patterns through (thin 1-2 px bands, 3000x900
+    to 256x256: row-to-row std 7.7 against one INTER_AREA's 2.9; 1.0 this way). Below 6x, k is the
+    whole factor (within 1.3x of INTER_AREA there).
     """
-    k = int(min(img.shape[0] / height, img.shape[1] / width))
-    if k >= 2:
-        h, w = img.shape[0] // k * k, img.shape[1] // k * k
+    kh, kw = _whole_factor(img.shape[0] / height), _whole_factor(img.shape[1] / width)
+    if kh > 1 or kw > 1:
+        h, w = img.shape[0] // kh * kh, img.shape[1] // kw * kw
         top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
-        img = cv2.resize(img[top:top + h, left:left + w], (w // k, h // k), interpolation=cv2.INTER_AREA)
-    if img.shape[:2] != (height, width):
-        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+        img = cv2.resize(img[top:top + h, left:left + w], (w // kw, h // kh), interpolation=cv2.INTER_AREA)
+    if img.shape[0] >= height and img.shape[1] >= width:
+        if img.shape[:2] != (height, width):
+            img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+        return img
+    # an axis grows: OpenCV's INTER_AREA is no area average on the other axis then, so one axis at a time
+    for size in ((img.shape[1], height), (width, height)):
+        if img.shape[:2] != size[::-1]:
+            grows = size[0] > img.shape[1] or size[1] > img.shape[0]
+            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR if grows else cv2.INTER_AREA)
     return img
 
 
@@ -130,14 +169,22 @@ class ImageCache:
     """Decoded, resized uint8 images of one file list, as a memory-mapped ``.npy``."""
 
     def __init__(self, paths: Sequence[str], size: tuple[int, int], keep_aspect: bool, cache_dir: Path,
-                 crop: str = "full") -> None:
-        self.paths = list(paths)
+                 crop: str = "full", window: str | Sequence[float] = "dicom") -> None:
+        from data_modules.dicom import check_window
+
+        self.paths = list(paths)  # a path, or an (anterior, posterior) pair of a scan stored as two files
         self.size = tuple(size)
         self.keep_aspect = keep_aspect
         self.crop = crop
-        key = hashlib.sha1(json.dumps([self.paths, self.size, keep_aspect, crop, 2]).encode()).hexdigest()[:16]
+        self.window = check_window(window)
+        key = hashlib.sha1(json.dumps([self.paths, self.size, keep_aspect, crop, self.window, 2]).encode()
+                           ).hexdigest()[:16]
         self.file = Path(cache_dir) / f"images-{self.size[0]}x{self.size[1]}-{key}.npy"
         self._array: np.ndarray | None = None
+
+    def load(self, i: int) -> np.ndarray:
+        """Image ``i`` decoded through the cache's window and preprocessed."""
+        return self.preprocess(read_gray(self.paths[i], self.window))
 
     def preprocess(self, img: np.ndarray) -> np.ndarray:
         if self.crop == "upper":
@@ -206,7 +253,7 @@ class _Decoded(Dataset):
         return len(self.cache.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return self.cache.preprocess(read_gray(self.cache.paths[i]))
+        return self.cache.load(i)
 
 
 class ImageTableDataset(Dataset):
@@ -231,7 +278,7 @@ class ImageTableDataset(Dataset):
         if self.use_cache:
             img = np.array(self.cache.array[i])  # a writable copy of the cached row
         else:
-            img = self.cache.preprocess(read_gray(self.cache.paths[i]))
+            img = self.cache.load(i)
         if self.augment is not None:
             img = self.augment(image=img)["image"]
         image = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0).float().div_(127.5).sub_(1.0)
@@ -250,10 +297,17 @@ class ImageTableDataModule(pl.LightningDataModule):
         test_fraction: share of the data for testing when the data set ships no split.
         seed: seed of the split (independent of the training seed, so splits stay fixed).
         augment: albumentations transforms for training, e.g. ``[{"HorizontalFlip": {"p": 0.5}}]``.
-        cache_dir: where decoded images are cached; default ``<data root>/.cache``.
+        cache_dir: where decoded images are cached; default ``<user cache>/images``, the user cache
+            being ``$BONEAGE_CACHE_DIR`` when set, else ``platformdirs.user_cache_dir("boneage")``
+            (``~/.cache/boneage`` on Linux): nothing is written into the data folder.
         use_cache: decode on the fly instead (for benchmarking the cold path).
         predict_dir: a folder of images to predict on; default the test split.
         pin_memory: page-locked batches for faster host-to-GPU copies.
+        window: how an image with more than 8 bits (DICOM, 16-bit PNG/TIFF) becomes the uint8
+            input: "dicom" (the file's own VOI LUT / window centre and width; the image's own
+            0.5-99.5 percentiles when it has none, said once), "percentile" (always those), or
+            [low, high] fixed in stored units (Hounsfield units for CT, counts for NM). 8-bit
+            images are kept as they are. Part of the cache key; the ROI export crops with it.
     """
 
     age_units: str = "years"
@@ -272,8 +326,12 @@ class ImageTableDataModule(pl.LightningDataModule):
         use_cache: bool = True,
         predict_dir: str | None = None,
         pin_memory: bool = False,
+        window: str | tuple[float, float] = "dicom",
     ) -> None:
         super().__init__()
+        from data_modules.dicom import check_window
+
+        self.window = check_window(window)
         if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ValueError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in "
                              "[0, 1) and sum to less than 1")
@@ -303,7 +361,7 @@ class ImageTableDataModule(pl.LightningDataModule):
 
     @property
     def root(self) -> Path:
-        """Data root, where the cache and phantom metadata live."""
+        """Data root, where phantom metadata lives (the image cache is in the user cache folder: _cache_for)."""
         raise NotImplementedError
 
     @staticmethod
@@ -371,16 +429,38 @@ class ImageTableDataModule(pl.LightningDataModule):
         return float(age.mean()), float(max(age.std(), 1e-6))
 
     def _cache_for(self, table: pd.DataFrame) -> ImageCache:
-        cache_dir = Path(self.cache_dir) if self.cache_dir else self.root / ".cache"
-        return ImageCache(table["path"].tolist(), self.image_size, self.keep_aspect, cache_dir, self.crop)
+        # chose a user cache folder over <data root>/.cache because hospital data shares are
+        # read-only; one flat folder, since the cache file's name hashes the file list and the
+        # settings: the same files with the same settings share one cache, whichever run asks
+        if self.cache_dir:
+            cache_dir = Path(self.cache_dir).expanduser()
+        else:
+            import platformdirs
+
+            root = os.environ.get("BONEAGE_CACHE_DIR") or platformdirs.user_cache_dir("boneage")
+            cache_dir = Path(root).expanduser() / "images"
+        return ImageCache(table["path"].tolist(), self.image_size, self.keep_aspect, cache_dir, self.crop,
+                          window=self.window)
 
     def _checked_table(self) -> pd.DataFrame:
         table = self.read_table().reset_index(drop=True)
         for key in ("path", "age", "sex"):
             if key not in table.columns:
                 raise DataError(f"{type(self).__name__}.read_table() returned no '{key}' column")
+        if table.empty:
+            raise DataError(f"{type(self).__name__}: the label table has no rows; check the label file argument")
         table["age"] = numeric_column(table, "age", f"{type(self).__name__} table")
         table["sex"] = table["sex"].astype(np.float32)
+        # a subclass may set age_range (label units) and images_per_patient ("one" or "many")
+        check_age_range(table, getattr(self, "age_range", None), self.age_units)
+        if "id" in table.columns:
+            check_unique(table, table["id"].astype(str), "image id", "remove one of the rows")
+        check_unique(table, table["path"].map(os.path.normpath), "image",
+                     "a duplicated image could land in train and test: remove one of the rows")
+        if "group" in table.columns and getattr(self, "images_per_patient", "many") == "one":
+            check_unique(table, table["group"].astype(str), "patient",
+                         "set data.init_args.images_per_patient: many if several images per patient are "
+                         "expected (they are then kept in one split), or fix the patient id")
         missing = [p for p in table["path"] if not Path(p).is_file()]
         if missing:
             listed = "\n  ".join(missing[:10])
@@ -392,7 +472,8 @@ class ImageTableDataModule(pl.LightningDataModule):
         if "split" in table.columns and table["split"].notna().all():
             parts = {s: table[table["split"] == s] for s in ("train", "val", "test")}
             if len(parts["train"]) == 0:
-                raise DataError("the data set's own split has no training rows")
+                raise DataError(f"{label_files(table)}: the split column has no 'train' rows; mark the training "
+                                "rows 'train', or drop the split column for a seeded split")
             if len(parts["val"]) == 0 or len(parts["test"]) == 0:
                 # split the missing share(s) off the training rows, seeded
                 extra = self._seeded_split(parts["train"], self.val_fraction if len(parts["val"]) == 0 else 0,
@@ -402,9 +483,13 @@ class ImageTableDataModule(pl.LightningDataModule):
                          "test": parts["test"] if len(parts["test"]) else extra["test"]}
         else:
             parts = self._seeded_split(table, self.val_fraction, self.test_fraction)
-        return {k: v.reset_index(drop=True) for k, v in parts.items()}
+        parts = {k: v.reset_index(drop=True) for k, v in parts.items()}
+        check_patients_apart(parts)  # a shipped split column may put one patient in two splits
+        return parts
 
     def _seeded_split(self, table: pd.DataFrame, val: float, test: float) -> dict[str, pd.DataFrame]:
+        # Whole patients (``group``) are drawn, so the fractions count patients, not images: chose
+        # that because a patient's images must never sit in two splits.
         groups = table["group"] if "group" in table.columns else pd.Series(np.arange(len(table)))
         unique = groups.unique()
         order = np.random.default_rng(self.seed).permutation(len(unique))
@@ -489,3 +574,87 @@ def numeric_column(frame: pd.DataFrame, key: str, source: str | Path) -> np.ndar
         raise DataError(f"{source}: row {i + 2} (line in the file) has a non-numeric value {frame[key].iloc[i]!r} "
                         f"in column '{key}'; fix or remove the row")
     return values.to_numpy(np.float32)
+
+
+# --- label files, row names and the checks every label table goes through -------------------
+
+def read_label_file(path: str | Path) -> pd.DataFrame:
+    """A label table from a ``.csv`` or ``.xlsx`` file (RSNA's test ground truth ships as .xlsx).
+
+    An empty or unreadable file, or one with a header but no rows, is a :class:`DataError`
+    naming the file."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".xlsx", ".xlsm"):
+            frame = pd.read_excel(path, engine="openpyxl")
+        else:
+            frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"label file {path} is empty (no header, no rows): point at the label file of your "
+                        "images, or write its header and one row per image") from None
+    except Exception as err:  # pandas, openpyxl and zip errors of a damaged or mislabelled file
+        raise DataError(f"cannot read label file {path} ({type(err).__name__}: {err}); save it as a "
+                        "comma-separated UTF-8 .csv or as .xlsx") from None
+    if frame.empty:
+        raise DataError(f"label file {path} has a header but no rows: add one row per image")
+    return frame
+
+
+def label_rows(frame: pd.DataFrame, path: str | Path) -> dict[str, Any]:
+    """Columns that name each row's file and row (row 1 is the header, as a spreadsheet counts),
+    for a ``read_table`` to add so that errors can name both rows of a duplicate."""
+    return {"label_file": str(path), "label_row": np.arange(len(frame)) + 2}
+
+
+def row_name(table: pd.DataFrame, i: int) -> str:
+    """``<file> row <n>`` for row ``i`` of a table (``label_file``/``label_row`` columns)."""
+    if "label_file" in table.columns:
+        return f"{table['label_file'].iloc[i]} row {table['label_row'].iloc[i]}"
+    return f"row {i + 1} of the label table"
+
+
+def label_files(table: pd.DataFrame) -> str:
+    """The label file(s) a table was read from, for messages."""
+    if "label_file" not in table.columns:
+        return "the label table"
+    return ", ".join(sorted(table["label_file"].astype(str).unique()))
+
+
+def check_age_range(table: pd.DataFrame, age_range: Sequence[float] | None, units: str) -> None:
+    """Ages outside ``age_range`` (label units, both ends included; None: only negative ages)
+    are a :class:`DataError` naming the first such row and the range."""
+    low, high = (0.0, np.inf) if age_range is None else (float(age_range[0]), float(age_range[1]))
+    age = table["age"].to_numpy(np.float64)
+    bad = (age < low) | (age > high)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        plausible = f"outside the plausible range {low:g}-{high:g} {units}" if np.isfinite(high) else "negative"
+        raise DataError(f"{row_name(table, i)}: age {age[i]:g} {units} is {plausible} ({int(bad.sum())} such rows); "
+                        "fix or remove the row, or set data.init_args.age_range [low, high] if such ages are real")
+
+
+def check_unique(table: pd.DataFrame, keys: pd.Series, what: str, hint: str) -> None:
+    """A key (image id, image path, patient) that appears twice is a :class:`DataError` naming both rows."""
+    keys = keys.reset_index(drop=True)
+    dup = keys.duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = keys[dup].iloc[0]
+        a, b = np.flatnonzero((keys == first).to_numpy())[:2]
+        n = int(keys[dup].nunique())
+        raise DataError(f"{what} {first} appears twice: {row_name(table, a)} and {row_name(table, b)}"
+                        f"{f' ({n} duplicated in all)' if n > 1 else ''}; {hint}")
+
+
+def check_patients_apart(parts: dict[str, pd.DataFrame]) -> None:
+    """A patient (``group``) with rows in two splits is a :class:`DataError` naming both rows."""
+    if not all("group" in p.columns for p in parts.values()):
+        return
+    rows = pd.concat([p.assign(_split=name) for name, p in parts.items()], ignore_index=True)
+    spread = (rows.groupby(rows["group"].astype(str))["_split"].transform("nunique") > 1).to_numpy()
+    if spread.any():
+        same = rows[rows["group"].astype(str) == str(rows["group"][spread].iloc[0])]
+        a = 0
+        b = int(np.flatnonzero((same["_split"] != same["_split"].iloc[0]).to_numpy())[0])
+        raise DataError(f"patient {same['group'].iloc[0]} is in the {same['_split'].iloc[a]} and "
+                        f"{same['_split'].iloc[b]} splits ({row_name(same, a)}, {row_name(same, b)}): a patient's "
+                        "images must stay in one split; fix the split column")

@@ -8,6 +8,20 @@ column keeps it, so stage 2 trains and tests on exactly stage 1's split.
 Choices where the paper is silent: seeded 80/10/10 split (the paper gives no split);
 whole images are stretched to the network size (``keep_aspect: false``), as the paper
 "resized" them to 300x1000 and 250x750 -- both close to the real 0.3 aspect ratio.
+
+DICOM scans (see :mod:`data_modules.dicom`): a two-frame NM file (frame 1 anterior, frame 2
+posterior, as whole-body bone scans are exported) becomes the side-by-side image above, the
+posterior view mirrored so both views show the patient's right on the same side (the layout
+of the phantom's PNGs). When the two views are separate files, the CSV lists the posterior
+one in a second column (``image_posterior`` by default; chose a second column over one path
+with a separator because each cell then stays a plain path that spreadsheets and scripts
+handle)::
+
+    image,image_posterior,age_years,sex
+    scans/0001_ant.dcm,scans/0001_post.dcm,63.5,F
+    scans/0002.dcm,,71.0,M            <- empty: a two-frame file (or an image with both views)
+
+Both views of a scan go through one window (``window``): "dicom" takes the anterior file's.
 """
 
 from __future__ import annotations
@@ -15,11 +29,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
 from boneage.phantoms import scintigraphy as phantom
-from data_modules.base import ImageTableDataset
+from data_modules.base import DataError, ImageCache, ImageTableDataset, read_label_file, require_columns, resolve
 from data_modules.hospital import HospitalCSVDataModule
 
 SPLITS = ("train", "val", "test")
@@ -38,13 +53,18 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
         split_col: column with train/val/test; "auto" (default) uses a ``split`` column when
             the CSV has one (the ROI export does) and a seeded split otherwise; None always
             splits by seed.
+        posterior_col: column with the posterior view's file where a scan's two views are two
+            files (an empty cell: the row's one file holds both views); "auto" (default) uses an
+            ``image_posterior`` column when the CSV has one; None never reads one.
         **kwargs: see HospitalCSVDataModule / ImageTableDataModule (batch_size, seed, ...).
     """
 
     def __init__(self, csv_path: str = "data/scintigraphy/labels.csv",
                  image_size: tuple[int, int] = (1000, 300), keep_aspect: bool = False,
-                 predict_split: str = "test", split_col: str | None = "auto", **kwargs: Any) -> None:
+                 predict_split: str = "test", split_col: str | None = "auto",
+                 posterior_col: str | None = "auto", **kwargs: Any) -> None:
         self._auto_split = split_col == "auto"
+        self.posterior_col = posterior_col
         super().__init__(csv_path=csv_path, image_size=image_size, keep_aspect=keep_aspect,
                          split_col=None if self._auto_split else split_col, **kwargs)
         if predict_split not in ("all", *SPLITS):
@@ -53,8 +73,37 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
 
     def read_table(self) -> pd.DataFrame:
         if self._auto_split and self.csv_path.is_file():
-            self.split_col = "split" if "split" in pd.read_csv(self.csv_path, nrows=0).columns else None
-        return super().read_table()
+            self.split_col = "split" if "split" in read_label_file(self.csv_path).columns else None
+        table = super().read_table()
+        if self.posterior_col is None:
+            return table
+        frame = read_label_file(self.csv_path)
+        column = "image_posterior" if self.posterior_col == "auto" else self.posterior_col
+        if column not in frame.columns:
+            if self.posterior_col == "auto":
+                return table
+            require_columns(frame, [column], self.csv_path, "Set data.init_args.posterior_col to your name or null.")
+        cells = frame[column]
+        given = cells.notna() & (cells.astype(str).str.strip() != "")
+        table["posterior"] = [str(resolve(self.image_root, str(p).strip())) if g else None
+                              for p, g in zip(cells, given)]
+        for i in np.flatnonzero(given.to_numpy()):
+            if not Path(table["posterior"].iloc[i]).is_file():
+                raise DataError(f"{self.csv_path}: row {i + 2} lists the posterior view "
+                                f"{table['posterior'].iloc[i]} in column '{column}', which does not exist; "
+                                "fix the path or empty the cell")
+        return table
+
+    def source(self, row: pd.Series) -> str | tuple[str, str]:
+        """What one table row's image is read from: its file, or its (anterior, posterior) files."""
+        posterior = row.get("posterior")
+        return (row["path"], posterior) if isinstance(posterior, str) else row["path"]
+
+    def _cache_for(self, table: pd.DataFrame) -> ImageCache:
+        if "posterior" not in table.columns:
+            return super()._cache_for(table)
+        # the cache reads a pair of files where a scan's views are two files (read_gray takes pairs)
+        return super()._cache_for(table.assign(path=[self.source(row) for _, row in table.iterrows()]))
 
     def predict_splits(self) -> list[str]:
         """The split names of the predict loaders, in loader order."""

@@ -20,6 +20,8 @@ from data_modules.hospital import HospitalCSVDataModule
 class TongjiDataModule(HospitalCSVDataModule):
     """Hand radiographs with ages in years from one CSV (see HospitalCSVDataModule for the args)."""
 
+    AGE_RANGE_YEARS = (0.0, 22.0)  # the paper's Tongji data span 0-22 years
+
     def __init__(self, csv_path: str = "data/tongji/labels.csv", **kwargs: Any) -> None:
         super().__init__(csv_path=csv_path, **kwargs)
 

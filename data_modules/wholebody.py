@@ -17,6 +17,14 @@ What the paper leaves unsaid, and what we chose:
 - normalisation statistics: mean and standard deviation of the training images (one number
   each, the images are grayscale), applied to every batch after transfer.
 - Table 3's upper / lower body: the upper / lower half of the image rows, before resizing.
+
+CT volumes: a row of the CSV may name a DICOM series folder or a NIfTI file (``.nii``,
+``.nii.gz``) instead of a 2-D image; it becomes the 2-D whole-body bone image by a coronal
+projection of a bone window (:mod:`data_modules.volume`: ``volume_projection``, ``hu_window``,
+``projection_spacing_mm``; the paper is silent on how its 2-D images were made). Each volume
+is read once: its projection is cached as a PNG in ``ct-projections/`` of the image cache
+folder, keyed by the volume's files and the settings. Tables, predictions and figures name the
+volume itself. ``window`` (of the base class) applies to 2-D images with more than 8 bits only.
 """
 
 from __future__ import annotations
@@ -25,10 +33,22 @@ from pathlib import Path
 from typing import Any
 
 import albumentations as A
+import cv2
 import numpy as np
+import pandas as pd
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from data_modules.base import DICOM_SUFFIXES, IMAGE_SUFFIXES, DataError
 from data_modules.hospital import HospitalCSVDataModule
+from data_modules.volume import (
+    DEFAULT_HU_WINDOW,
+    NIFTI_SUFFIXES,
+    PROJECTIONS,
+    is_volume,
+    projection_file,
+    write_projection,
+)
 
 REGIONS = ("full", "upper", "lower")
 
@@ -61,6 +81,13 @@ class WholeBodyCTDataModule(HospitalCSVDataModule):
         keep_aspect: letterbox instead of stretching to ``image_size``.
         batch_size: paper 256.
         augment: further albumentations transforms, applied after crop and flip.
+        volume_projection: how a CT volume row becomes a 2-D image: "mip" (coronal maximum-
+            intensity projection, default) or "mean" (coronal mean, radiograph-like).
+        hu_window: [low, high] Hounsfield units of the bone window the projection is clipped
+            to and that maps to 0-255 (default [-200, 1500]).
+        projection_spacing_mm: pixel size of the projection in mm (square pixels, the
+            volume's physical aspect kept); None: the finer of its left-right and head-foot
+            voxel spacings.
         **kwargs: see HospitalCSVDataModule / ImageTableDataModule (seed, num_workers, ...).
     """
 
@@ -77,8 +104,17 @@ class WholeBodyCTDataModule(HospitalCSVDataModule):
         keep_aspect: bool = False,
         batch_size: int = 256,
         augment: list[dict[str, Any]] | None = None,
+        volume_projection: str = "mip",
+        hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
+        projection_spacing_mm: float | None = None,
         **kwargs: Any,
     ) -> None:
+        if volume_projection not in PROJECTIONS:
+            raise ValueError(f"volume_projection must be one of {PROJECTIONS}, got {volume_projection!r}")
+        if len(hu_window) != 2 or not float(hu_window[0]) < float(hu_window[1]):
+            raise ValueError(f"hu_window must be [low, high] in Hounsfield units with low < high, got {hu_window!r}")
+        if projection_spacing_mm is not None and not projection_spacing_mm > 0:
+            raise ValueError(f"projection_spacing_mm must be > 0 mm or null, got {projection_spacing_mm!r}")
         if region not in REGIONS:
             raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
         if not 0 <= val_fraction < 1:
@@ -100,10 +136,64 @@ class WholeBodyCTDataModule(HospitalCSVDataModule):
         self.crop_size = tuple(int(c) for c in crop_size) if crop_size is not None else None
         self.standardize = standardize
         self.pixel_mean, self.pixel_std = 0.0, 1.0
+        self.volume_projection = volume_projection
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
+        self.projection_spacing_mm = float(projection_spacing_mm) if projection_spacing_mm is not None else None
+        self.projections: dict[str, str] = {}  # CT volume (as the CSV names it, resolved) -> its projection PNG
+
+    def read_table(self) -> pd.DataFrame:
+        """The CSV's rows; a volume row's ``path`` is its cached projection (projected here when
+        missing) and ``source`` the volume, which replaces it again once the caches are built."""
+        return self._with_projections(super().read_table())
+
+    def _folder_table(self, folder: Path) -> pd.DataFrame:
+        """A predict folder: its ``.nii``/``.nii.gz`` files and every sub-folder holding ``.dcm``
+        files (one series each) are CT volumes; other images as the base class finds them."""
+        if not folder.is_dir():
+            return super()._folder_table(folder)
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        series = {p.parent for p in files if p.suffix.lower() in DICOM_SUFFIXES and p.parent != folder}
+        volumes = [p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES)] + sorted(series)
+        if not volumes:
+            return super()._folder_table(folder)
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p.parent not in series]
+        paths = sorted(str(p.resolve()) for p in volumes + images)
+        return self._with_projections(pd.DataFrame({"path": paths, "age": np.nan, "sex": np.nan}))
+
+    def _with_projections(self, table: pd.DataFrame) -> pd.DataFrame:
+        volumes = [p for p in table["path"] if is_volume(p) and Path(p).exists()]
+        if not volumes:
+            return table
+        self.projections.update(self._project(volumes, self._cache_for(table).file.parent / "ct-projections"))
+        return table.assign(source=table["path"], path=[self.projections.get(p, p) for p in table["path"]])
+
+    def _project(self, volumes: list[str], folder: Path) -> dict[str, str]:
+        """Projection PNGs of ``volumes``, made in ``num_workers`` processes where not cached."""
+        settings = {"projection": self.volume_projection, "hu_window": self.hu_window,
+                    "spacing_mm": self.projection_spacing_mm}
+        made = {v: str(projection_file(v, folder, **settings)) for v in volumes}
+        todo = [(v, out) for v, out in made.items() if not Path(out).is_file()]
+        if todo:
+            from tqdm.auto import tqdm
+
+            # its own generator: the global RNG stays untouched whether or not the cache existed
+            loader = DataLoader(_Projections(todo, settings), batch_size=None, num_workers=self.num_workers,
+                                generator=torch.Generator())
+            for result in tqdm(loader, total=len(todo), desc=f"projecting {len(todo)} CT volumes", unit="vol",
+                               leave=False):
+                if isinstance(result, DataError):
+                    raise result
+            print(f"projected {len(todo)} CT volumes into {folder}")
+        return made
 
     def setup(self, stage: str | None = None) -> None:
         fresh = not self._tables
         super().setup(stage)
+        # the caches are built from the projections; tables (and so predictions.csv) name the volumes
+        self._tables = {name: t.assign(path=t["source"]).drop(columns="source") if "source" in t.columns else t
+                        for name, t in self._tables.items()}
+        if fresh and stage == "fit" and getattr(self, "trainer", None) is not None:
+            self._save_projection_figure()
         if self.crop_size is not None:
             centre = A.Compose([A.CenterCrop(*self.crop_size)])
             for name, dataset in self._datasets.items():
@@ -111,6 +201,33 @@ class WholeBodyCTDataModule(HospitalCSVDataModule):
                     dataset.augment = centre
         if fresh and self.standardize:
             self.pixel_mean, self.pixel_std = _pixel_stats(self._datasets["train"].cache.array)
+
+    def _save_projection_figure(self, n: int = 6) -> None:
+        """``figures/ct_projection.png`` of the run: the first ``n`` training volumes' projections
+        as the cache was built from them (before resizing), with their ages."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from boneage.systems.base import save_figure
+
+        train = self._tables["train"]
+        rows = train[train["path"].isin(list(self.projections))].head(n)
+        if rows.empty:
+            return
+        fig, axes = plt.subplots(1, len(rows), figsize=(1.5 * len(rows) + 0.5, 4.8), squeeze=False)
+        unit = "y" if self.age_units == "years" else "mo"
+        for ax, (_, row) in zip(axes[0], rows.iterrows()):
+            ax.imshow(cv2.imread(self.projections[row["path"]], cv2.IMREAD_GRAYSCALE), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{row['age']:.1f} {unit}, {'M' if row['sex'] > 0.5 else 'F'}", fontsize=8)
+            ax.set_xlabel(Path(row["path"]).name, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        pixel = f"{self.projection_spacing_mm:g} mm" if self.projection_spacing_mm else "finest-voxel"
+        fig.suptitle(f"CT volumes: coronal {self.volume_projection} of [{self.hu_window[0]:g}, "
+                     f"{self.hu_window[1]:g}] HU, {pixel} pixels", fontsize=8)
+        save_figure(self.trainer, fig, "ct_projection")
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
         if self.standardize and isinstance(batch, dict) and "image" in batch:
@@ -127,11 +244,32 @@ class WholeBodyCTDataModule(HospitalCSVDataModule):
 
     @staticmethod
     def phantom_args(root: str | Path, n: int = 64, seed: int = 0, height: int = 240,
-                     width: int = 72) -> dict[str, Any]:
-        """Render a small whole-body CT phantom into ``root``; return the args that read it."""
+                     width: int = 72, format: str = "png", slices: int = 32) -> dict[str, Any]:
+        """Render a small whole-body CT phantom into ``root``; return the args that read it.
+
+        ``format``: "png" (``height`` x ``width`` images), "series" (DICOM series folders) or
+        "nifti" (``.nii.gz`` files) of ``slices`` axial slices."""
         from boneage.phantoms import wholebody_ct
 
         root = Path(root)
         if not (root / "phantom.json").is_file():
-            wholebody_ct.render(root, n=n, seed=seed, height=height, width=width, progress=False)
+            wholebody_ct.render(root, n=n, seed=seed, height=height, width=width, progress=False,
+                                format=format, slices=slices)
         return {"csv_path": str(root / wholebody_ct.LABEL_FILE)}
+
+
+class _Projections(Dataset):
+    """Writes the projection of each (volume, PNG) pair; a bad volume's DataError is returned, not
+    raised, so that the loader hands it over with its one-line message intact."""
+
+    def __init__(self, todo: list[tuple[str, str]], settings: dict[str, Any]) -> None:
+        self.todo, self.settings = todo, settings
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, i: int) -> str | DataError:
+        try:
+            return str(write_projection(*self.todo[i], **self.settings))
+        except DataError as err:
+            return err

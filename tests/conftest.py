@@ -14,6 +14,14 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_in_tmp(tmp_path_factory):
+    """Decoded-image caches go to a session folder, never into the user's ~/.cache/boneage."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BONEAGE_CACHE_DIR", str(tmp_path_factory.mktemp("boneage-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def rsna_phantom(tmp_path_factory) -> Path:
     """A small RSNA-layout phantom (160 hands at ~128 px), shared by the whole session."""

@@ -53,7 +53,7 @@ def test_cache_is_built_once_and_reused(phantom_copy, monkeypatch):
     make(phantom_copy).setup("fit")
     assert list((phantom_copy / ".cache").glob("*.npy"))
 
-    def no_decoding(path):
+    def no_decoding(path, window=None):
         raise AssertionError(f"decoded {path} although the cache exists")
 
     monkeypatch.setattr(base, "read_gray", no_decoding)
@@ -137,7 +137,7 @@ def test_use_cache_false_decodes_on_the_fly_and_writes_no_cache(phantom_copy, mo
     dm.setup("fit")
     assert not (phantom_copy / ".cache").exists()
     calls = []
-    monkeypatch.setattr(base, "read_gray", lambda p: calls.append(p) or np.zeros((90, 70), np.uint8))
+    monkeypatch.setattr(base, "read_gray", lambda p, window=None: calls.append(p) or np.zeros((90, 70), np.uint8))
     assert next(iter(dm.train_dataloader()))["image"].shape == (8, 1, 64, 64) and len(calls) == 8
 
 

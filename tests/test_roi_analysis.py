@@ -128,7 +128,10 @@ def test_exporter_writes_crops_from_originals(tmp_path):
     assert table.image.tolist() == ["crops/000000_s0.png", "crops/000001_s1.png"]  # source order
     assert table.fallback.tolist() == [True, False]
     crop16 = np.array(Image.open(tmp_path / "roi" / table.image[1]))
-    assert crop16.dtype == np.uint16 and np.array_equal(crop16, rows[1][30:45, 6:15])
+    from data_modules.base import read_gray
+
+    stage1 = read_gray(src / "s1.png")  # the 16-bit original as the stage-1 input scaled it (same window)
+    assert crop16.dtype == np.uint8 and np.array_equal(crop16, stage1[30:45, 6:15])
     crop8 = np.array(Image.open(tmp_path / "roi" / table.image[0]))
     assert np.array_equal(crop8, rows[0])  # empty mask: whole image kept
     assert len(list((tmp_path / "fig").glob("*.png"))) == 1

@@ -30,6 +30,9 @@ figures, every step time included):
    comparison) and against the model's consumption (images/s of the framework arm of the first
    family, by default the demo configuration: ResNet-10 at 128x128, batch 32).
 
+``--data-only`` measures the data loading alone (the first family's DataModule settings, no
+model consumption), into ``<out>/results-data.md`` and ``results-data.json``: ``make bench-data``.
+
 Scales: ``small`` (default; the demo configuration, minutes on a CPU), ``paper`` (the YAMLs as
 they are: use ``--device cuda --precision bf16-mixed``), ``tiny`` (the smoke-test configs of
 tests/configs, for tests). ``--batch`` and ``--image-size`` override any scale.
@@ -880,6 +883,7 @@ def measure_loading(data_dir: Path, src: Any, args: argparse.Namespace, cache_di
 
         with Image.open(paths[0]) as im:
             sizes = {"source_size": [im.height, im.width], "source_mode": im.mode}
+    resize = resize_times(paths[:8], src.image_size, src.keep_aspect)
     raw_pil: list[float] = []
     limit = {w: [] for w in args.workers}
     build = {w: [] for w in args.workers}
@@ -889,7 +893,7 @@ def measure_loading(data_dir: Path, src: Any, args: argparse.Namespace, cache_di
         raw_pil.append(_rate(lambda: _decode_all(paths, "PIL")))
         for w in args.workers:
             fresh = Path(tempfile.mkdtemp(prefix="cache", dir=args.out))
-            cache = ImageCache(paths, src.image_size, src.keep_aspect, fresh, src.crop)
+            cache = ImageCache(paths, src.image_size, src.keep_aspect, fresh, src.crop, window=src.window)
             build[w].append(_rate(lambda cache=cache, w=w: (cache.build(progress=False, workers=w), len(paths))[1]))
             shutil.rmtree(fresh)
             limit[w].append(_decode_rate(paths, w, src.batch_size, args.data_epochs))
@@ -915,14 +919,40 @@ def measure_loading(data_dir: Path, src: Any, args: argparse.Namespace, cache_di
     for row in rows:
         row["limit_over_rate"] = None if row["limit"] is None else row["limit"] / row["images_per_s"]
     return {"data_dir": str(data_dir), "images": len(paths), **sizes, "repeats": repeats, "rows": rows,
-            "raw": {"limit": limit, "PIL": raw_pil, "build": build, "cold": cold, "warm": hot}}
+            "resize_ms": resize, "raw": {"limit": limit, "PIL": raw_pil, "build": build, "cold": cold, "warm": hot}}
 
 
-def run_data(first: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def resize_times(paths: list[str], size: tuple[int, int], keep_aspect: bool, repeats: int = 15) -> dict[str, float]:
+    """Median ms per image of the DataModule's resize (``resize_gray``: area average on both axes)
+    and, for comparison, of one OpenCV ``INTER_AREA`` resize to the same size, on decoded images."""
+    import cv2
+
+    from data_modules.base import resize_gray
+
+    images = [cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in paths]
+    h, w = size
+    arms = {"resize_gray": lambda img: resize_gray(img, size, keep_aspect),
+            "cv2.INTER_AREA": lambda img: cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(repeats):
+        for name, fn in arms.items():  # interleaved: load on the machine hits both alike
+            t0 = time.perf_counter()
+            for img in images:
+                fn(img)
+            times[name].append((time.perf_counter() - t0) / len(images))
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def run_data(first: dict[str, Any] | None, args: argparse.Namespace) -> dict[str, Any]:
     """Loader images/s (cold, cache build, warm) per worker count against the decode limit, on the
-    demo-size phantom and, with ``--large-phantom-size``, on radiograph-size images."""
-    src = first["_private"]["datamodule"]
-    consumption = first["framework"]["images_per_s"]
+    demo-size phantom and, with ``--large-phantom-size``, on radiograph-size images. With no
+    framework run (``--data-only``) the first family's DataModule is built alone and the model's
+    consumption is not measured."""
+    if first is None:
+        src, consumption, of = family_datamodule(FAMILIES[args.families[0]], args), None, "not measured: --data-only"
+    else:
+        src, consumption = first["_private"]["datamodule"], first["framework"]["images_per_s"]
+        of = f"{first['family']} framework arm"
     _decode_all(src.table("train")["path"].tolist(), "cv2")  # OS file cache warm for what follows
     sets = [measure_loading(Path(args.data_dir), src, args, Path(args.out) / "cache", args.data_repeats)]
     if args.large_phantom_size:
@@ -931,10 +961,25 @@ def run_data(first: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         sets.append(measure_loading(large, src, args, Path(args.out) / "cache_large", args.data_repeats, warm=False))
     for d in sets:
         for row in d["rows"]:
-            row["rate_over_consumption"] = row["images_per_s"] / consumption
+            row["rate_over_consumption"] = None if consumption is None else row["images_per_s"] / consumption
     return {"image_size": list(src.image_size), "batch": src.batch_size, "augment": src.augment_spec,
             "epochs_timed": args.data_epochs, "consumption_images_per_s": consumption,
-            "consumption_of": f"{first['family']} framework arm", "sets": sets}
+            "consumption_of": of, "sets": sets}
+
+
+def family_datamodule(family: Family, args: argparse.Namespace) -> Any:
+    """A family's DataModule exactly as its framework arm gets it (the CLI, without training)."""
+    from boneage.cli import RUN_ENV, BoneAgeCLI
+
+    os.environ.pop(RUN_ENV, None)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads our arguments only from args=
+    try:
+        cli = BoneAgeCLI(args=cli_args(family, args, Path(args.out) / "runs"), run=False)
+    finally:
+        sys.argv = argv
+    os.environ.pop(RUN_ENV, None)
+    cli.datamodule.setup("fit")
+    return cli.datamodule
 
 
 # --------------------------------------------------------------------------------------------
@@ -969,6 +1014,10 @@ def _f(x: float | None, digits: int = 1) -> str:
 
 def markdown(res: dict[str, Any]) -> str:
     m, cfg = res["machine"], res["config"]
+    if not res["families"]:  # --data-only
+        lines = [f"Machine: {m['cpu']} ({m['cores']} cores); torch {m['torch']}. Load average before / after: "
+                 f"{res['load_before']} / {res['load_after']}."]
+        return "\n".join(lines + markdown_data(res))
     lines = [
         "## Framework overhead: Lightning + BoneAgeCLI against a plain PyTorch loop",
         "",
@@ -1024,6 +1073,12 @@ def markdown(res: dict[str, Any]) -> str:
         for name, a in opts["arms"].items():
             lines.append(f"| {name} | {_f(a.get('median_ms'))} | {_f(a.get('images_per_s'))} "
                          f"| {_f(a.get('vs_default'), 3)} | {a.get('note', '')} |")
+    return "\n".join(lines + markdown_data(res))
+
+
+def markdown_data(res: dict[str, Any]) -> list[str]:
+    """The data-loading tables and the targets line."""
+    lines = []
     if res["data"]:
         d = res["data"]
         lines += [
@@ -1044,10 +1099,15 @@ def markdown(res: dict[str, Any]) -> str:
                 lines.append(f"| {row['path']} | {row['workers']} | {_f(row['images_per_s'])} "
                              f"| {_f(1e3 / row['images_per_s'], 2)} "
                              f"| {_f(row['limit_over_rate'], 2)} | {_f(row['rate_over_consumption'], 2)} |")
+            if s.get("resize_ms"):
+                r = s["resize_ms"]
+                lines += ["", f"Resize alone (decoded images to {d['image_size'][0]}x{d['image_size'][1]}, median ms "
+                          f"per image): the DataModule's `resize_gray` {_f(r['resize_gray'], 2)}, one OpenCV "
+                          f"INTER_AREA resize {_f(r['cv2.INTER_AREA'], 2)}."]
     lines += ["", "Targets: ratio <= 1.05 for every family (measured, or implied by the fixed cost); "
               "warm loader >= 5x the model's consumption; cold path "
               "within 1.5x of the raw decode limit (decode limit / rate <= 1.5).", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _public(r: dict[str, Any]) -> dict[str, Any]:
@@ -1086,6 +1146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also measure torch.compile (minutes of compiling on a CPU)")
     p.add_argument("--workers", default="0,2", help="loader worker counts to measure")
     p.add_argument("--data", action=argparse.BooleanOptionalAction, default=True, help="measure data loading")
+    p.add_argument("--data-only", action="store_true",
+                   help="measure only the data loading (the cold-path tables; the first family's DataModule "
+                        "settings), into <out>/results-data.md and results-data.json")
     p.add_argument("--data-dir", default=None, help="RSNA folder (default: a phantom in <out>/data/rsna)")
     p.add_argument("--n-images", type=int, default=320, help="phantom images when rendering one")
     p.add_argument("--phantom-size", type=int, default=256, help="phantom image height (the demo's: 256)")
@@ -1128,7 +1191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "breakdown": [],
         "options": {}, "data": {}}
     first = None
-    for name in args.families:
+    for name in [] if args.data_only else args.families:
         print(f"framework vs plain: {name}")
         r = run_family(FAMILIES[name], args)
         first = first or r
@@ -1147,14 +1210,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["options"] = run_options(FAMILIES[first["family"]], first, args)
         if args.data:
             res["data"] = run_data(first, args)
+    elif args.data_only:
+        res["data"] = run_data(None, args)
     res["load_after"] = load_average()
     res["wall_s"] = time.time() - started
     res["families"] = [_public(r) for r in res["families"]]
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    stem = "results-data" if args.data_only else "results"  # a data-only run keeps the full run's tables
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     table = markdown(res)
-    (out / "results.md").write_text(table)
+    (out / f"{stem}.md").write_text(table)
     print("\n" + table)
-    print(f"wrote {out / 'results.md'} and {out / 'results.json'} in {res['wall_s']:.0f} s")
+    print(f"wrote {out / f'{stem}.md'} and {out / f'{stem}.json'} in {res['wall_s']:.0f} s")
     return res
 
 

@@ -213,21 +213,22 @@ def crop(image: np.ndarray, box: Box) -> np.ndarray:
 
 # --- the ROI data set: crops from the original images plus a CSV in the hospital format ---
 
-def read_original(path: str | Path) -> np.ndarray:
-    """An original image as a 2-D array, keeping its bit depth (8- or 16-bit grayscale PNG)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"original image {path} not found (the ROI export crops from the originals)")
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.uint16 if im.mode != "I" else np.int32)
-        else:
-            arr = np.asarray(im.convert("L"))
-    return arr
+def read_original(path: str | Path | tuple, window: str | tuple[float, float] = "dicom") -> np.ndarray:
+    """An original image as the stage-1 network saw it before resizing: uint8 through ``window``
+    (the stage-1 DataModule's, :func:`data_modules.base.read_gray`), so stage 2 trains on crops of
+    the same scaling. Chose a window of the whole image over keeping the original bit depth because
+    a crop windowed on its own (its own percentiles) would be scaled differently from stage 1's input.
+    ``path`` may be an (anterior, posterior) pair of files of one scan."""
+    from data_modules.base import read_gray
+
+    for p in (path if isinstance(path, tuple) else (path,)):
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"original image {p} not found (the ROI export crops from the originals)")
+    return read_gray(path, window)
 
 
 def save_crop(path: str | Path, patch: np.ndarray) -> None:
-    """Save a crop as a grayscale PNG with the original's bit depth."""
+    """Save a crop as a grayscale PNG with its array's bit depth (8-bit for :func:`read_original`'s)."""
     patch = np.ascontiguousarray(patch)
     if patch.dtype == np.int32:
         patch = np.clip(patch, 0, 65535).astype(np.uint16)
@@ -247,8 +248,10 @@ class RoiExporter:
 
     def __init__(self, out: str | Path, gamma: float = 150.0, blobs: Blobs = "peak",
                  empty: Empty = "full", margin: float = 0.0, figures: str | Path | None = None,
-                 max_figures: int | None = None, letterboxed: bool = False) -> None:
+                 max_figures: int | None = None, letterboxed: bool = False,
+                 window: str | tuple[float, float] = "dicom") -> None:
         self.out = Path(out)
+        self.window = window  # the stage-1 input's: crops keep its scaling
         self.letterboxed = letterboxed
         (self.out / "crops").mkdir(parents=True, exist_ok=True)
         self.gamma, self.blobs, self.empty, self.margin = gamma, blobs, empty, margin
@@ -258,10 +261,12 @@ class RoiExporter:
         self.max_figures = max_figures
         self.rows: list[dict] = []
 
-    def add(self, source: str | Path, age: float, sex: str, heat: np.ndarray, order: int,
+    def add(self, source: str | Path | tuple, age: float, sex: str, heat: np.ndarray, order: int,
             split: str = "") -> dict:
-        """Locate, crop and save one sample; returns its CSV row."""
-        original = read_original(source)
+        """Locate, crop and save one sample; returns its CSV row. ``source``: the original's file, or
+        the (anterior, posterior) files of a scan (the CSV's ``source`` is then the anterior one)."""
+        original = read_original(source, self.window)
+        source = source[0] if isinstance(source, tuple) else source
         res = locate_roi(heat, original.shape[:2], self.gamma, self.blobs, self.empty, self.margin,
                          self.letterboxed)
         patch = crop(original, res.box)

@@ -1,12 +1,13 @@
 """Femur / phalange bone crops (BAPGAN data sets) in the generic hospital CSV format.
 
-``boneage-phantom bones --bone femur|phalange --out DIR --n N --seed S [--age-distribution paper]``
+``boneage-phantom bones --bone femur|phalange --out DIR --n N --seed S [--age-distribution paper]
+[--format png|dicom]``
 
 Stands in for the two BAPGAN data sets (Nakazawa et al., ISBI 2022): crops of the distal
 femur from left-leg radiographs and of the middle phalanx of the index finger from RSNA hand
 radiographs, ages 0-19 years, rotation-corrected. Written as ``labels.csv`` with columns
 ``image`` (path relative to the CSV's folder), ``age_years``, ``sex`` ("F"/"M"), and 8-bit
-grayscale PNGs under ``images/``.
+grayscale PNGs under ``images/`` (``--format dicom``: DICOM files, see below).
 
 How age shows (the way it does in real images, not a clinical model):
 
@@ -23,6 +24,15 @@ rotation up to 5 degrees (the paper's crops are rotation corrected), scale, shif
 contrast, noise, crop size. ``--age-distribution paper`` draws the age groups in the papers'
 proportions (femur 42/47/56/130/42, phalange 137/1,309/2,514/2,912/293), otherwise ages are
 uniform on [0, 20). The written ``age_years`` is the true age plus N(0, sigma^2) noise.
+
+``--format dicom`` writes the same crops (same seed, same pixels) as ``images/<bone>_<n>.dcm``,
+listed in ``labels.csv``: modality DX, MONOCHROME2, ImageType DERIVED/SECONDARY (a crop of a
+radiograph), 12 bits stored in 16 with a rescale (slope 0.5, intercept 100, as the RSNA phantom's)
+and a window spanning the stored range, so the file's own window ("dicom") decodes to the 8-bit PNG
+within one grey level. Chose no MONOCHROME1 share because crops are exported from a viewer already
+cropped and rotated, where MONOCHROME2 is the norm (the hand phantoms test MONOCHROME1). Patient ids
+are synthetic (``PHANTOM-<n + 1>``); PatientSex and PatientAge (the true age in whole years, the
+label being a chronological age here) are set.
 """
 
 from __future__ import annotations
@@ -35,17 +45,21 @@ import numpy as np
 import pandas as pd
 
 from boneage.phantoms.common import (
+    DX_STORAGE,
     TRUTH_FILE,
     PhantomMetadata,
     acquisition,
     capsule,
     ellipse,
+    full_range_window,
     noisy_labels,
+    save_dicom,
     save_gray_png,
 )
 from boneage.phantoms.common import (
     progress as _progress,
 )
+from boneage.phantoms.rsna import DICOM_BITS, DICOM_RESCALE
 
 NAME = "bones"
 BONES = ("femur", "phalange")
@@ -139,6 +153,7 @@ def draw_phalange(maturity: float, size: int, rng: np.random.Generator) -> np.nd
 
 
 DRAW = {"femur": draw_femur, "phalange": draw_phalange}
+BODY_PART = {"femur": "KNEE", "phalange": "FINGER"}  # DICOM BodyPartExamined (PS3.16 CID 4031)
 
 
 def sample_ages(n: int, rng: np.random.Generator, bone: str, age_distribution: str) -> np.ndarray:
@@ -155,10 +170,15 @@ def sample_ages(n: int, rng: np.random.Generator, bone: str, age_distribution: s
 
 def render(out: str | Path, n: int = 300, seed: int = 0, label_noise_sigma: float = 0.25,
            bone: str = "femur", age_distribution: str = "uniform", size: int = 160,
-           progress: bool = True) -> Path:
-    """Write ``n`` crops of ``bone`` with ``labels.csv`` into ``out``; returns the CSV path."""
+           progress: bool = True, format: str = "png") -> Path:
+    """Write ``n`` crops of ``bone`` with ``labels.csv`` into ``out``; returns the CSV path.
+
+    ``format``: "png" (8-bit) or "dicom" (see the module docstring); the same seed draws the
+    same crops in both."""
     if bone not in BONES:
         raise ValueError(f"bone must be one of {BONES}, got {bone!r}")
+    if format not in ("png", "dicom"):
+        raise ValueError(f"format must be 'png' or 'dicom', got {format!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     show = progress
@@ -174,8 +194,12 @@ def render(out: str | Path, n: int = 300, seed: int = 0, label_noise_sigma: floa
         side = int(size * rng.uniform(0.9, 1.1))
         image = DRAW[bone](maturity, side, rng)
         image = acquisition(image, rng, noise=0.02)
-        name = f"images/{bone}_{i:05d}.png"
-        save_gray_png(out / name, image)
+        if format == "dicom":
+            name = f"images/{bone}_{i:05d}.dcm"
+            save_crop_dicom(out / name, image, bone, i, str(sexes[i]), float(ages[i]), seed)
+        else:
+            name = f"images/{bone}_{i:05d}.png"
+            save_gray_png(out / name, image)
         rows.append({"image": name, "age_years": round(float(labels[i]), 3), "sex": sexes[i]})
         truth.append({"image": name, "true_age_years": float(ages[i]), "maturity": maturity,
                       "sex": sexes[i], "age_group": min(int(ages[i] // 4), 4)})
@@ -184,11 +208,22 @@ def render(out: str | Path, n: int = 300, seed: int = 0, label_noise_sigma: floa
     pd.DataFrame(truth).to_csv(out / TRUTH_FILE, index=False)
     PhantomMetadata(generator=f"{NAME}:{bone}", n=n, seed=seed, label_noise_sigma=label_noise_sigma,
                     units="years", label_file="labels.csv",
-                    extra={"bone": bone, "age_distribution": age_distribution, "size": size}).write(out)
+                    extra={"bone": bone, "age_distribution": age_distribution, "size": size,
+                           "format": format}).write(out)
     if show:
         print(f"wrote {n} {bone} phantom crops to {out}/images and labels to {csv}")
     return csv
 
+
+def save_crop_dicom(path: str | Path, image: np.ndarray, bone: str, index: int, sex: str, age: float,
+                    seed: int = 0) -> None:
+    """Crop ``index`` (values in [0, 1]) as a DX MONOCHROME2 file, 12 bits stored, with a rescale and
+    a window spanning the stored range."""
+    stored = np.rint(np.clip(image, 0.0, 1.0) * (2 ** DICOM_BITS - 1)).astype(np.uint16)
+    save_dicom(path, stored, modality="DX", sop_class=DX_STORAGE, patient_id=f"PHANTOM-{index + 1:04d}", sex=sex,
+               bits_stored=DICOM_BITS, rescale=DICOM_RESCALE, window=full_range_window(DICOM_BITS, *DICOM_RESCALE),
+               age_years=age, uid_seed=(NAME, bone, seed, index), BodyPartExamined=BODY_PART[bone],
+               RescaleType="US", PresentationIntentType="FOR PRESENTATION", ImageType=["DERIVED", "SECONDARY"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -201,8 +236,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--age-distribution", choices=("uniform", "paper"), default="uniform",
                         help="'paper': the age-group imbalance of the paper's data set for --bone")
     parser.add_argument("--size", type=int, default=160, help="crop side in pixels (varies +-10%%)")
+    parser.add_argument("--format", choices=("png", "dicom"), default="png",
+                        help="png (8-bit), or dicom: <bone>_<n>.dcm as DX, 12 bits stored")
 
 
 def main(args: argparse.Namespace) -> None:
     render(args.out, args.n, args.seed, args.label_noise_sigma, bone=args.bone,
-           age_distribution=args.age_distribution, size=args.size)
+           age_distribution=args.age_distribution, size=args.size, format=args.format)

@@ -1,5 +1,10 @@
 """``boneage-phantom <generator> --out DIR --n N --seed S ...``
 
+``--format dicom`` (rsna, tongji, bones, scintigraphy) writes the data set as the DICOM files real scanners
+produce (hands: DX/CR ``{id}.dcm``, a third MONOCHROME1, 12 bits stored; bone scans: two-frame NM
+files), with synthetic patient ids only; PNG is the default. ``--format series`` / ``--format nifti``
+(wholebody_ct) writes each body as a CT volume: a folder of axial DICOM slices or a ``.nii.gz``.
+
 ``boneage-phantom experiment [NAME ...] [--dry-run] [-- FLAGS]``: the default phantom of an
 experiment, where its YAML reads its data (``make phantoms EXP=NAME``); FLAGS go to the generator.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,6 +87,57 @@ def save_gray_png(path: str | Path, image: np.ndarray, bit_depth: int = 8) -> No
         Image.fromarray((image * 255.0 + 0.5).astype(np.uint8)).save(path)
     else:
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+
+
+# SOP classes of the phantoms' DICOM files
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"  # Nuclear Medicine Image Storage
+
+
+def save_dicom(path: str | Path, pixels: np.ndarray, *, modality: str, sop_class: str, patient_id: str,
+               sex: str, bits_stored: int, photometric: str = "MONOCHROME2", rescale: tuple[float, float] | None = None,
+               window: tuple[float, float] | None = None, age_years: float | None = None,
+               uid_seed: Sequence[str] = (), **tags: object) -> None:
+    """Write ``pixels`` (one frame [H, W] or frames [F, H, W], unsigned integers) as a DICOM file.
+
+    Synthetic identifiers only: ``patient_id`` (e.g. "PHANTOM-0001") is also the patient name, no
+    dates of birth, institutions or people; UIDs derive from ``uid_seed`` (the same phantom gets
+    the same UIDs). ``rescale`` is (slope, intercept); ``window`` (centre, width) in modality units.
+    Further ``tags`` are set by keyword (e.g. ``DetectorVector=[1, 2]``).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def uid(kind: str) -> str:
+        return generate_uid(entropy_srcs=["boneage-phantom", *map(str, uid_seed), kind])
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, uid("instance")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
+    ds.Modality, ds.Manufacturer = modality, "boneage phantom (synthetic data)"
+    ds.PatientName, ds.PatientID, ds.PatientSex = patient_id, patient_id, sex
+    if age_years is not None:
+        ds.PatientAge = f"{min(int(age_years), 999):03d}Y"
+    ds.BurnedInAnnotation = "NO"
+    ds.set_pixel_data(np.ascontiguousarray(pixels), photometric, bits_stored)
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = f"{rescale[0]:g}", f"{rescale[1]:g}"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def full_range_window(bits_stored: int, slope: float, intercept: float) -> tuple[float, float]:
+    """DICOM (centre, width) whose linear window maps the whole stored range [0, 2**bits - 1], in
+    modality units, onto the whole display range (PS3.3 C.11.2.1.2: the window runs from
+    ``c - 0.5 - (w - 1) / 2`` to ``c - 0.5 + (w - 1) / 2``)."""
+    low, high = intercept, (2 ** bits_stored - 1) * slope + intercept
+    return (low + high) / 2 + 0.5, high - low + 1
 
 
 def progress(items: Iterable, total: int, desc: str, enabled: bool = True) -> Iterator:

@@ -4,6 +4,7 @@ Writes exactly the RSNA Pediatric Bone Age layout::
 
     OUT/boneage-training-dataset.csv      id,boneage,male      (boneage in months, male True/False)
     OUT/boneage-training-dataset/{id}.png grayscale, 8-bit (a share 16-bit), sizes varying like scans
+                                          ({id}.dcm with --format dicom: see below)
     OUT/phantom.json                      noise sigma and floor (months)
     OUT/phantom_truth.csv                 id,true_boneage,male,chronological
 
@@ -21,6 +22,14 @@ Nuisance: hand rotation, scale and position, finger spread, exposure, contrast (
 noise, a side marker, image size and aspect. The written label is the true bone age plus
 N(0, sigma^2) (clipped to the RSNA range 1-228 months); ``phantom.json`` holds
 sigma*sqrt(2/pi), the MAE a perfect model would get.
+
+``--format dicom`` writes the same hands as ``{id}.dcm`` the way radiography systems store
+them: DX (MONOCHROME2) and, for every third id, CR stored MONOCHROME1 (inverted); 12 bits
+stored in 16; a rescale (slope 0.5, intercept 100: arbitrary, there so a reader that ignores
+it is caught) and a window centre/width spanning the stored range, so the file's own window
+("dicom") decodes to the PNG of the same sample within one grey level. Patient ids are
+synthetic (``PHANTOM-<id>``), the sex is in PatientSex; no PatientAge (the label is a bone age,
+not the age).
 """
 
 from __future__ import annotations
@@ -33,7 +42,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from boneage.phantoms.common import PhantomMetadata, acquisition, noisy_labels, progress, save_gray_png, text_marker
+from boneage.phantoms.common import (
+    CR_STORAGE,
+    DX_STORAGE,
+    PhantomMetadata,
+    acquisition,
+    full_range_window,
+    noisy_labels,
+    progress,
+    save_dicom,
+    save_gray_png,
+    text_marker,
+)
 
 NAME = "rsna"
 TRAIN_CSV = "boneage-training-dataset.csv"
@@ -60,6 +80,7 @@ RAYS = [
     (0.58, 0.08, 3, (0.205, 0.132, 0.085, 0.060)),
     (0.64, 0.18, 3, (0.180, 0.110, 0.065, 0.055)),
 ]
+DICOM_BITS, DICOM_RESCALE = 12, (0.5, 100.0)  # --format dicom: 12 bits stored in 16, (slope, intercept)
 FEMALE_TEMPO = 1.12  # girls reach a given appearance about 12% earlier (roughly 2 y at puberty)
 
 
@@ -234,8 +255,13 @@ def sample_population(n: int, rng: np.random.Generator, mean: float = 127.0, sd:
 
 def render(out: str | Path, n: int = 500, seed: int = 0, label_noise_sigma: float = 6.0,
            size: int = 512, sixteen_bit_fraction: float = 0.1, start_id: int = 1377,
-           progress_bar: bool = True) -> Path:
-    """Write an RSNA-layout phantom of ``n`` hands into ``out`` and return ``out``."""
+           progress_bar: bool = True, format: str = "png") -> Path:
+    """Write an RSNA-layout phantom of ``n`` hands into ``out`` and return ``out``.
+
+    ``format``: "png" (8-bit, a ``sixteen_bit_fraction`` 16-bit) or "dicom" (see the module
+    docstring); the same seed draws the same hands in both."""
+    if format not in ("png", "dicom"):
+        raise ValueError(f"format must be 'png' or 'dicom', got {format!r}")
     out = Path(out)
     img_dir = out / TRAIN_DIR
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -248,17 +274,33 @@ def render(out: str | Path, n: int = 500, seed: int = 0, label_noise_sigma: floa
         h = int(size * r.uniform(0.9, 1.1))
         w = int(h * r.uniform(0.72, 0.86))
         img = render_hand(ages[i] * tempo(bool(male[i])), r, h, w)
-        save_gray_png(img_dir / f"{ids[i]}.png", img, 16 if r.random() < sixteen_bit_fraction else 8)
+        if format == "dicom":
+            save_hand_dicom(img_dir / f"{ids[i]}.dcm", img, int(ids[i]), bool(male[i]), seed)
+        else:
+            save_gray_png(img_dir / f"{ids[i]}.png", img, 16 if r.random() < sixteen_bit_fraction else 8)
     pd.DataFrame({"id": ids, "boneage": np.round(labels).astype(int), "male": male}).to_csv(
         out / TRAIN_CSV, index=False)
     pd.DataFrame({"id": ids, "true_boneage": ages, "male": male}).to_csv(out / "phantom_truth.csv", index=False)
     # Labels are rounded to whole months like RSNA's: that adds 1/12 month^2 of variance.
     sigma = math.sqrt(label_noise_sigma ** 2 + 1.0 / 12.0)
     PhantomMetadata("rsna", n, seed, sigma, "months", TRAIN_CSV,
-                    extra={"size": size, "female_tempo": FEMALE_TEMPO}).write(out)
+                    extra={"size": size, "female_tempo": FEMALE_TEMPO, "format": format}).write(out)
     if progress_bar:
         print(f"wrote {n} RSNA-layout phantom hands to {out} (label noise sigma {sigma:.2f} months)")
     return out
+
+
+def save_hand_dicom(path: str | Path, image: np.ndarray, image_id: int, male: bool, seed: int = 0) -> None:
+    """One hand in [0, 1] as a DX (MONOCHROME2) or, for every third id, CR (MONOCHROME1) file, 12 bits
+    stored, with a rescale and a window spanning the stored range."""
+    inverted = image_id % 3 == 0
+    stored = np.rint(np.clip(1.0 - image if inverted else image, 0.0, 1.0) * (2 ** DICOM_BITS - 1)).astype(np.uint16)
+    save_dicom(path, stored, modality="CR" if inverted else "DX", sop_class=CR_STORAGE if inverted else DX_STORAGE,
+               patient_id=f"PHANTOM-{image_id:04d}", sex="M" if male else "F", bits_stored=DICOM_BITS,
+               photometric="MONOCHROME1" if inverted else "MONOCHROME2", rescale=DICOM_RESCALE,
+               window=full_range_window(DICOM_BITS, *DICOM_RESCALE), uid_seed=("rsna", seed, image_id),
+               BodyPartExamined="HAND", RescaleType="US", PresentationIntentType="FOR PRESENTATION",
+               ImageType=["DERIVED", "PRIMARY"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -267,8 +309,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sigma", type=float, default=6.0, help="label noise sigma in months")
     parser.add_argument("--size", type=int, default=512, help="image height in pixels (varies +-10%%)")
-    parser.add_argument("--sixteen-bit-fraction", type=float, default=0.1)
+    parser.add_argument("--sixteen-bit-fraction", type=float, default=0.1, help="share of 16-bit PNGs")
+    parser.add_argument("--format", choices=("png", "dicom"), default="png",
+                        help="png, or dicom: {id}.dcm as DX/CR (a third MONOCHROME1), 12 bits stored")
 
 
 def main(args: argparse.Namespace) -> None:
-    render(args.out, args.n, args.seed, args.sigma, args.size, args.sixteen_bit_fraction)
+    render(args.out, args.n, args.seed, args.sigma, args.size, args.sixteen_bit_fraction, format=args.format)

@@ -30,6 +30,14 @@ counting noise and a text marker.
 region (posterior L1-L5, in original pixels: ``roi_x0, roi_y0, roi_x1, roi_y1``, half-open)
 so a localization can be scored against it.
 
+``--format dicom`` writes each scan as the NM file a gamma camera exports: two frames (frame 1
+the anterior view, frame 2 the posterior view as the posterior detector sees it, i.e. mirrored
+left-right against the PNG layout), counts as unsigned 16-bit (``NM_COUNTS`` counts at the
+PNG's white), a synthetic patient id (``PHANTOM-<n>``), PatientSex and PatientAge. The reader
+(:mod:`data_modules.dicom`) mirrors the posterior frame back, so with the window
+``[0, NM_COUNTS]`` a file decodes to the PNG of the same sample within one grey level and the
+boxes in ``phantom_truth.csv`` hold for both formats. The width must be even (two equal views).
+
 Not a claim about clinical accuracy: it exists so that the ROI pipeline can be run and
 tested before real data arrives, and so that "crop the right region" measurably beats
 "downsize the whole image".
@@ -45,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from boneage.phantoms.common import (
+    NM_STORAGE,
     TRUTH_FILE,
     PhantomMetadata,
     acquisition,
@@ -52,6 +61,7 @@ from boneage.phantoms.common import (
     ellipse,
     noise_floor,
     noisy_labels,
+    save_dicom,
     save_gray_png,
     text_marker,
 )
@@ -61,6 +71,7 @@ NAME = "scintigraphy"
 LABEL_FILE = "labels.csv"
 AGE_RANGE = (40.0, 80.0)
 AGE_GROUP_EDGES = (40.0, 50.0, 60.0, 70.0, 80.0)
+NM_COUNTS = 1000  # --format dicom: counts per pixel at the PNG's white (the scintigraphy YAMLs' window)
 
 
 def _paint(img: np.ndarray, shape: np.ndarray, y0: int, x0: int, value: np.ndarray | float,
@@ -233,8 +244,9 @@ def _balanced_design(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.n
 
 def render(out: str | Path, n: int = 200, seed: int = 0, label_noise_sigma: float = 2.0,
            width: int = 900, height: int = 3000, stripe_period: float | None = None,
-           female_shift: float = 4.0, bit_depth: int = 8, progress: bool = True) -> Path:
-    """Write ``n`` phantom scans as PNGs plus ``labels.csv`` (image, age_years, sex) into ``out``.
+           female_shift: float = 4.0, bit_depth: int = 8, progress: bool = True, format: str = "png") -> Path:
+    """Write ``n`` phantom scans as PNGs (or two-frame NM DICOM files, ``format="dicom"``) plus
+    ``labels.csv`` (image, age_years, sex) into ``out``.
 
     ``width`` x ``height`` is the original image size (real data: about 900 x 3000; use e.g.
     144 x 480 for tests). Returns the path of ``labels.csv``.
@@ -242,6 +254,11 @@ def render(out: str | Path, n: int = 200, seed: int = 0, label_noise_sigma: floa
     show = progress
     if width < 32 or height < 96:
         raise ValueError(f"scintigraphy phantom needs at least 32 x 96 pixels, got {width} x {height}")
+    if format not in ("png", "dicom"):
+        raise ValueError(f"format must be 'png' or 'dicom', got {format!r}")
+    if format == "dicom" and width % 2:
+        raise ValueError(f"--format dicom stores the two views as two frames of one size: the width must be even, "
+                         f"got {width}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -252,9 +269,13 @@ def render(out: str | Path, n: int = 200, seed: int = 0, label_noise_sigma: floa
         img_rng = np.random.default_rng([seed, i])
         img, box = render_one(float(ages[i]), bool(female[i]), img_rng, width, height,
                               stripe_period, female_shift)
-        name = f"images/scan_{i:05d}.png"
-        save_gray_png(out / name, img, bit_depth=bit_depth)
         sex = "F" if female[i] else "M"
+        if format == "dicom":
+            name = f"images/scan_{i:05d}.dcm"
+            save_scan_dicom(out / name, img, f"PHANTOM-{i + 1:04d}", sex, float(ages[i]), (seed, i))
+        else:
+            name = f"images/scan_{i:05d}.png"
+            save_gray_png(out / name, img, bit_depth=bit_depth)
         rows.append({"image": name, "age_years": round(float(labels[i]), 3), "sex": sex})
         truth.append({"image": name, "true_age": round(float(ages[i]), 4), "age_years": rows[-1]["age_years"],
                       "sex": sex, "roi_x0": box[0], "roi_y0": box[1], "roi_x1": box[2], "roi_y1": box[3]})
@@ -265,13 +286,27 @@ def render(out: str | Path, n: int = 200, seed: int = 0, label_noise_sigma: floa
                     label_file=LABEL_FILE,
                     extra={"width": width, "height": height,
                            "stripe_period": stripe_period or max(4.0, height / 750.0),
-                           "female_shift": female_shift, "age_range": list(AGE_RANGE),
+                           "female_shift": female_shift, "age_range": list(AGE_RANGE), "format": format,
                            "age_region": "posterior lumbar spine L1-L5 (boxes in phantom_truth.csv)"}
                     ).write(out)
     if show:
         print(f"scintigraphy phantom: {n} images of {width}x{height} written to {out} "
               f"(labels {csv}, noise floor MAE {noise_floor(label_noise_sigma):.2f} years)")
     return csv
+
+
+def save_scan_dicom(path: str | Path, image: np.ndarray, patient_id: str, sex: str, age: float,
+                    uid_seed: tuple = ()) -> None:
+    """A side-by-side scan in [0, 1] as a two-frame NM file: anterior (left half), then the posterior
+    (right half) mirrored as its detector records it; counts ``NM_COUNTS`` at 1."""
+    half = image.shape[1] // 2
+    counts = np.rint(np.clip(image, 0.0, 1.0) * NM_COUNTS).astype(np.uint16)
+    frames = np.stack([counts[:, :half], counts[:, half:][:, ::-1]])
+    save_dicom(path, frames, modality="NM", sop_class=NM_STORAGE, patient_id=patient_id, sex=sex, bits_stored=16,
+               age_years=age, uid_seed=("scintigraphy", *uid_seed),
+               ImageType=["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"], NumberOfDetectors=2,
+               DetectorVector=[1, 2], FrameIncrementPointer=0x00540020,  # frames indexed by DetectorVector
+               BodyPartExamined="WHOLEBODY")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,10 +318,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=3000, help="image height (real data: ~3000)")
     parser.add_argument("--stripe-period", type=float, default=None,
                         help="period in px of the fine age texture (default height/750, at least 4)")
-    parser.add_argument("--bit-depth", type=int, default=8, choices=(8, 16))
+    parser.add_argument("--bit-depth", type=int, default=8, choices=(8, 16), help="PNG bit depth")
+    parser.add_argument("--format", choices=("png", "dicom"), default="png",
+                        help="png (views side by side), or dicom: two-frame NM files (anterior, posterior)")
 
 
 def main(args: argparse.Namespace) -> None:
     render(args.out, n=args.n, seed=args.seed, label_noise_sigma=args.label_noise_sigma,
            width=args.width, height=args.height, stripe_period=args.stripe_period,
-           bit_depth=args.bit_depth)
+           bit_depth=args.bit_depth, format=args.format)

@@ -3,7 +3,10 @@
 Stands in for the whole-body CT bone data set of Nguyen & Kim (paper 002): 813 grayscale
 images of about 3000 x 900 pixels, ages 8 months to 87 years (8.5% under 40, 73.4% 40-60,
 18.1% over 60), 83.5% female. Written as ``labels.csv`` (``image,age_years,sex``) with
-8-bit PNGs under ``images/``, plus ``phantom.json`` and ``phantom_truth.csv``.
+8-bit PNGs under ``images/``, plus ``phantom.json`` and ``phantom_truth.csv``; or, with
+``--format series`` / ``--format nifti``, as CT volumes in Hounsfield units (a folder of axial
+DICOM slices under ``series/`` or a ``.nii.gz`` under ``volumes/`` per subject, listed in the
+same ``labels.csv``) whose coronal bone-window projection is the 2-D phantom image.
 
 How age shows (a projection of the skeleton at a fixed scanner scale of ~190 cm per image
 height, so a child is small in the frame):
@@ -27,6 +30,7 @@ import argparse
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -37,6 +41,7 @@ from boneage.phantoms.common import (
     capsule,
     ellipse,
     noisy_labels,
+    save_dicom,
     save_gray_png,
     text_marker,
 )
@@ -47,6 +52,12 @@ LABEL_FILE = "labels.csv"
 DEFAULT_HEIGHT = 3000
 DEFAULT_WIDTH = 900
 DEFAULT_SIGMA = 2.0  # years of label noise -> floor 1.6 years
+FORMATS = ("png", "series", "nifti")
+DEFAULT_SLICES = 128  # axial slices of a phantom volume (small and fast; a real scan has 1000-2000)
+FOV_MM = 1900.0  # the 2-D phantom's nominal scanner scale: ~190 cm per image height
+BODY_DEPTH_MM = 300.0  # front-to-back depth of a phantom volume
+PHANTOM_HU = (-200.0, 1500.0)  # HU of the 2-D phantom's gray 0 and 1 (the CT DataModule's default window)
+AIR_HU = -1000.0
 FEMALE_SHARE = 679 / 813  # paper Table 4
 UPPER_BODY_SHARE = 1.0  # share of the ageing signal in the upper body ...
 LOWER_BODY_SHARE = 0.3  # ... and in the lower body
@@ -307,19 +318,104 @@ def render_one(age: float, male: bool, h: int, w: int, rng: np.random.Generator)
     return img, truth
 
 
-def render(out: str | Path, n: int = 300, seed: int = 0, label_noise_sigma: float = DEFAULT_SIGMA,
-           height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH, progress: bool = True) -> Path:
-    """Write ``n`` whole-body CT phantom images with ``labels.csv``; returns the CSV's path.
+def volume_geometry(slices: int) -> dict:
+    """The voxel grid of a phantom volume with ``slices`` axial slices: a 2-D phantom image of
+    ``2 * slices`` x ``0.3 * 2 * slices`` px (the paper's 3000 x 900 shape) at the 2-D phantom's
+    scanner scale; slices twice as thick as the in-plane pixels (CT's usual anisotropy)."""
+    if slices < 16:
+        raise ValueError(f"slices must be >= 16, got {slices}")
+    height = 2 * slices
+    pixel = round(FOV_MM / height, 4)  # DICOM decimal strings carry 16 characters; NIfTI gets the same value
+    return {"height": height, "width": max(16, round(0.3 * height)), "pixel_mm": pixel, "slice_mm": round(2 * pixel, 4),
+            "depth": max(4, round(BODY_DEPTH_MM / pixel))}
 
-    ``height`` x ``width`` is the image size (the paper's average is 3000 x 900; tests use
-    e.g. 320 x 96). Labels are the true age + N(0, sigma^2) years, clipped at 0.
+
+def body_volume(image: np.ndarray, slices: int, depth: int) -> np.ndarray:
+    """Hounsfield units [slice (head first), row (front to back), column (patient's right to left)]
+    whose coronal maximum-intensity projection in the window ``PHANTOM_HU`` is ``image`` with each
+    pair of rows averaged into one slice.
+
+    The 2-D image is extruded front to back: every column of a slice holds its gray value at the
+    body's mid-plane, falling off parabolically to the front and back of a slab ``depth`` rows
+    deep, air outside it. Chose extrusion over modelling the skeleton in 3-D because it carries
+    every age cue of the 2-D phantom through the projection unchanged, and is fast.
+    """
+    low, high = PHANTOM_HU
+    per_slice = cv2.resize(image.astype(np.float32), (image.shape[1], slices), interpolation=cv2.INTER_AREA)
+    rows = np.arange(depth, dtype=np.float32)
+    profile = 1.0 - ((rows - depth // 2) / (0.45 * depth)) ** 2  # exactly 1 at the mid-plane row
+    hu = low + per_slice[:, None, :] * (high - low) * profile[None, :, None]
+    return np.rint(np.where(profile[None, :, None] >= 0, hu, AIR_HU)).astype(np.float32)  # whole HU, as stored
+
+
+def _origin(hu: np.ndarray, pixel: float) -> tuple[float, float]:
+    """(x, y) in mm (DICOM patient coordinates, LPS) of the first voxel: the body centred."""
+    return round(-(hu.shape[2] - 1) / 2 * pixel, 3), round(-(hu.shape[1] - 1) / 2 * pixel, 3)
+
+
+def write_series(folder: str | Path, hu: np.ndarray, pixel_mm: float, slice_mm: float, subject: str,
+                 sex: str, uid_seed: list[int]) -> None:
+    """An axial CT series, one file per slice (head first): 12 bits stored in 16 as HU + 1024
+    (RescaleIntercept -1024), position, orientation and spacing tags; synthetic ids only."""
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = (hu + 1024.0).clip(0, 4095).astype(np.uint16)
+    study, series, frame = (generate_uid(entropy_srcs=["boneage-phantom", *map(str, uid_seed), kind])
+                            for kind in ("study", "series", "frame"))
+    x0, y0 = _origin(hu, pixel_mm)
+    for k in range(hu.shape[0]):
+        z = round(-k * slice_mm, 4)
+        save_dicom(folder / f"slice_{k:04d}.dcm", stored[k], modality="CT", sop_class=CTImageStorage,
+                   patient_id=f"PHANTOM-{subject}", sex=sex, bits_stored=12, rescale=(1, -1024),
+                   window=(650, 1700), uid_seed=[*map(str, uid_seed), str(k)],  # window: PHANTOM_HU
+                   StudyInstanceUID=study, SeriesInstanceUID=series, FrameOfReferenceUID=frame,
+                   SeriesNumber=1, InstanceNumber=k + 1, ImageType=["DERIVED", "SECONDARY", "AXIAL"],
+                   SeriesDescription="whole-body CT phantom (synthetic)", RescaleType="HU",
+                   ImagePositionPatient=[x0, y0, z], ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+                   SliceLocation=z, SliceThickness=slice_mm, PixelSpacing=[pixel_mm, pixel_mm])
+
+
+def write_nifti(path: str | Path, hu: np.ndarray, pixel_mm: float, slice_mm: float) -> None:
+    """The same volume as :func:`write_series` as int16 HU in a NIfTI file, stored as a DICOM
+    converter often leaves it (x to the patient's left, y to the back, slices head first: "LPI"),
+    so readers must use the affine."""
+    import nibabel as nib
+
+    x0, y0 = _origin(hu, pixel_mm)
+    affine = np.array([[-pixel_mm, 0, 0, -x0], [0, -pixel_mm, 0, -y0], [0, 0, -slice_mm, 0], [0, 0, 0, 1]])
+    image = nib.Nifti1Image(hu.astype(np.int16).transpose(2, 1, 0), affine)  # (x, y, z)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, str(path))
+
+
+def render(out: str | Path, n: int = 300, seed: int = 0, label_noise_sigma: float = DEFAULT_SIGMA,
+           height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH, progress: bool = True,
+           format: str = "png", slices: int = DEFAULT_SLICES) -> Path:
+    """Write ``n`` whole-body CT phantom subjects with ``labels.csv``; returns the CSV's path.
+
+    ``format``: "png" (2-D images of ``height`` x ``width``; the paper's average is 3000 x 900;
+    tests use e.g. 320 x 96), "series" (a folder of axial DICOM slices per subject under
+    ``series/``) or "nifti" (a ``.nii.gz`` per subject under ``volumes/``); volumes have
+    ``slices`` slices (see :func:`volume_geometry`), and their projection is the 2-D phantom
+    (:func:`body_volume`). The same seed gives the same subjects in every format. Labels are the
+    true age + N(0, sigma^2) years, clipped at 0.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    geometry = volume_geometry(slices) if format != "png" else None
+    if geometry:
+        height, width = geometry["height"], geometry["width"]
     if height < 32 or width < 16:
         raise ValueError(f"image size {height}x{width} is too small (at least 32x16)")
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    folder = {"png": "images", "series": "series", "nifti": "volumes"}[format]
+    (out / folder).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     ages = sample_ages(n, rng)
     male = rng.random(n) >= FEMALE_SHARE
@@ -328,20 +424,35 @@ def render(out: str | Path, n: int = 300, seed: int = 0, label_noise_sigma: floa
     for i in progress_bar(range(n), n, "whole-body CT phantom", progress):
         img, truth = render_one(float(ages[i]), bool(male[i]), height, width,
                                 np.random.default_rng([seed, i]))
-        name = f"images/ct_{i:05d}.png"
-        save_gray_png(out / name, img)
         sex = "M" if male[i] else "F"
+        if format == "png":
+            name = f"images/ct_{i:05d}.png"
+            save_gray_png(out / name, img)
+        else:
+            hu = body_volume(img, slices, geometry["depth"])
+            pixel, thick = geometry["pixel_mm"], geometry["slice_mm"]
+            if format == "series":
+                name = f"series/ct_{i:05d}"
+                write_series(out / name, hu, pixel, thick, f"ct_{i:05d}", sex, [seed, i])
+            else:
+                name = f"volumes/ct_{i:05d}.nii.gz"
+                write_nifti(out / name, hu, pixel, thick)
         rows.append({"image": name, "age_years": round(float(labels[i]), 3), "sex": sex})
         truth_rows.append({"image": name, "true_age_years": round(float(ages[i]), 4), "sex": sex, **truth})
     csv = out / LABEL_FILE
     pd.DataFrame(rows).to_csv(csv, index=False)
     pd.DataFrame(truth_rows).to_csv(out / TRUTH_FILE, index=False)
+    extra = {"format": format, "height": height, "width": width, "female_share": float(1 - male.mean())}
+    if geometry:
+        extra.update(slices=slices, depth=geometry["depth"], pixel_mm=geometry["pixel_mm"],
+                     slice_mm=geometry["slice_mm"], hu_of_gray_0_and_1=list(PHANTOM_HU))
     PhantomMetadata(generator=NAME, n=n, seed=seed, label_noise_sigma=label_noise_sigma, units="years",
-                    label_file=LABEL_FILE,
-                    extra={"height": height, "width": width,
-                           "female_share": float(1 - male.mean())}).write(out)
+                    label_file=LABEL_FILE, extra=extra).write(out)
     if progress:
-        print(f"wrote {n} whole-body CT phantom images ({height}x{width}) and {csv}")
+        what = (f"images ({height}x{width})" if format == "png" else
+                f"{'DICOM series' if format == 'series' else 'NIfTI volumes'} ({slices} slices of "
+                f"{geometry['depth']}x{width} voxels)")
+        print(f"wrote {n} whole-body CT phantom {what} and {csv}")
     return csv
 
 
@@ -350,10 +461,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=300, help="number of images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-noise-sigma", type=float, default=DEFAULT_SIGMA, help="years")
-    parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT, help="image height (paper: ~3000)")
-    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="image width (paper: ~900)")
+    parser.add_argument("--format", choices=FORMATS, default="png",
+                        help="png: 2-D images; series: an axial DICOM series folder per subject; "
+                             "nifti: a .nii.gz volume per subject")
+    parser.add_argument("--height", type=int, default=None,
+                        help=f"png image height (default {DEFAULT_HEIGHT}; paper: ~3000)")
+    parser.add_argument("--width", type=int, default=None,
+                        help=f"png image width (default {DEFAULT_WIDTH}; paper: ~900)")
+    parser.add_argument("--slices", type=int, default=None,
+                        help=f"series/nifti: axial slices per volume (default {DEFAULT_SLICES})")
 
 
 def main(args: argparse.Namespace) -> None:
+    volume = args.format != "png"
+    for flag, value, ok in (("--height", args.height, not volume), ("--width", args.width, not volume),
+                            ("--slices", args.slices, volume)):
+        if value is not None and not ok:
+            raise SystemExit(f"boneage-phantom wholebody_ct: {flag} does not apply to --format {args.format} "
+                             "(--height/--width size the PNGs, --slices the volumes)")
     render(args.out, n=args.n, seed=args.seed, label_noise_sigma=args.label_noise_sigma,
-           height=args.height, width=args.width)
+           height=args.height or DEFAULT_HEIGHT, width=args.width or DEFAULT_WIDTH, format=args.format,
+           slices=args.slices or DEFAULT_SLICES)

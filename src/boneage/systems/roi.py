@@ -174,7 +174,8 @@ class AgeGroupLocalizer(pl.LightningModule):
                                      empty=self.hparams.empty, margin=self.hparams.margin,
                                      figures=figures_dir(self.trainer) / "roi" if max_fig != 0 else None,
                                      max_figures=max_fig,
-                                     letterboxed=bool(getattr(self.trainer.datamodule, "keep_aspect", False)))
+                                     letterboxed=bool(getattr(self.trainer.datamodule, "keep_aspect", False)),
+                                     window=getattr(self.trainer.datamodule, "window", "dicom"))
         self._order_offset: dict[str, int] = {}
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
@@ -191,7 +192,8 @@ class AgeGroupLocalizer(pl.LightningModule):
         for k, i in enumerate(batch["index"].tolist()):
             row = table.iloc[i]
             sex = "" if pd.isna(row["sex"]) else ("M" if float(row["sex"]) > 0.5 else "F")
-            self._exporter.add(row["path"], float(row["age"]), sex, cams[k], order=offset + i, split=split)
+            source = dm.source(row) if hasattr(dm, "source") else row["path"]  # a scan's one or two files
+            self._exporter.add(source, float(row["age"]), sex, cams[k], order=offset + i, split=split)
         return {"pred_group": pred.cpu(), "index": batch["index"].cpu()}
 
     def _split_offset(self, split: str, dm: Any) -> int:
