@@ -54,24 +54,39 @@ class TrainingSamples(Callback):
 
 class EpochLines(Callback):
     """One line per finished training epoch (added when the progress bar is off, as in ``make demo``
-    and on clusters): epoch, steps, the system's monitored metric and the epoch's training loss."""
+    and on clusters): epoch, steps, the system's monitored metric and the epoch's losses.
+
+    The line is printed once the epoch's own logging is complete (a system logs its epoch means in
+    its ``on_train_epoch_end``, which Lightning calls after the callbacks'): at the next epoch's
+    start or at the end of training.
+    """
 
     def __init__(self) -> None:
         self._start = 0.0
+        self._pending: tuple[int, int, float] | None = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import time
 
+        self._flush(trainer, pl_module)
         self._start = time.time()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import time
 
-        if not trainer.is_global_zero or trainer.sanity_checking:
+        if not trainer.sanity_checking:
+            self._pending = (trainer.current_epoch, trainer.global_step, time.time() - self._start)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, pl_module)
+
+    def _flush(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or not trainer.is_global_zero:
             return
+        epoch, step, seconds = pending
         metrics = trainer.callback_metrics
         keys = [k for k in (getattr(pl_module, "monitor", None), "train/loss", "val/loss") if k]
         shown = [f"{k} {float(metrics[k]):.4g}" for k in dict.fromkeys(keys) if k in metrics]
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        print(f"epoch {trainer.current_epoch + 1}{total}  step {trainer.global_step}  " + "  ".join(shown)
-              + f"  ({time.time() - self._start:.0f} s)", flush=True)
+        print(f"epoch {epoch + 1}{total}  step {step}  " + "  ".join(shown) + f"  ({seconds:.0f} s)", flush=True)
