@@ -4,8 +4,10 @@
 #   make tjnet-baselines                           VGG16, Inception V3/V4, ResNet50 heads (fit + test)
 #   make tjnet-transfer [SOURCE_RUN=id|INIT=file]  Tongji: freeze blocks 1..k for k = 1..4 (fit + test), from
 #                                                  the best checkpoint of tjnet_rsna's fit run SOURCE_RUN (newest)
-#   make tjnet-tables [TJNET_RUNS="EXP/id ..."]    Table 1, ablation rows, Table 2, Fig. 5/6 into reports/tjnet from
-#                                                  each experiment's newest fit run (or the runs named) and its newest test
+#   make tjnet-tables [TJNET_RUNS="EXP/id ..."]    Table 1, ablation rows, Table 2 (MAD/RMSE from class labels as the
+#                                                  paper, and of the expected age), Fig. 5/6, Fig. 7 (sex-input weights
+#                                                  of block 6 and their Hoyer sparsity) into reports/tjnet from each
+#                                                  experiment's newest fit run (or the runs named) and its newest test
 #   make tjnet-all                                 everything above, in order
 # Runs go to TJNET_LOGS (default lightning_logs/<experiment>/<run id>/).
 TJNET_LOGS ?= lightning_logs

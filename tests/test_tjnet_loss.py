@@ -79,16 +79,47 @@ def test_tjnet_loss_without_joint_learning_has_no_sex_term():
         tjnet_loss(torch.zeros(2, 5), torch.tensor([1, 3]), 1.5, sex_logits=torch.zeros(2, 2))
 
 
-def test_age_classes_rsna_and_yearly():
-    assert RSNA_CLASSES.num_classes == 77 and RSNA_CLASSES.max_age == 228.0  # 19 years in months
-    months = torch.tensor([0.0, 1.4, 1.6, 12.0, 100.0, 228.0, 240.0, -5.0])
-    torch.testing.assert_close(RSNA_CLASSES.to_class(months), torch.tensor([0, 0, 1, 4, 33, 76, 76, 0]))
-    torch.testing.assert_close(RSNA_CLASSES.to_age(torch.tensor([0, 4, 76])),
-                               torch.tensor([0.0, 12.0, 228.0]))
-    assert YEARLY_CLASSES.num_classes == 23 and YEARLY_CLASSES.max_age == 22.0
-    torch.testing.assert_close(YEARLY_CLASSES.to_class(torch.tensor([0.2, 7.5001, 22.9])),
-                               torch.tensor([0, 8, 22]))
-    # a fractional expected class maps to a fractional age
+def test_age_classes_are_half_open_intervals():
+    """The age in completed class units: 7.5 y and 8.5 y land in classes 7 and 8, not both in 8."""
+    years = torch.tensor([0.0, 0.2, 7.0, 7.5, 7.9999, 8.0, 8.5, 22.0, 22.9])
+    torch.testing.assert_close(YEARLY_CLASSES.to_class(years), torch.tensor([0, 0, 7, 7, 7, 8, 8, 22, 22]))
+    # RSNA: 77 classes of 3 months tile 0-19 y: [0, 3), ..., [228, 231) months
+    months = torch.tensor([0.0, 1.4, 2.9, 3.0, 12.0, 100.0, 228.0, 230.0])
+    torch.testing.assert_close(RSNA_CLASSES.to_class(months), torch.tensor([0, 0, 0, 1, 4, 33, 76, 76]))
+    # a class stands for the start of its interval; a fractional expected class for a fractional age
+    torch.testing.assert_close(RSNA_CLASSES.to_age(torch.tensor([0, 4, 76])), torch.tensor([0.0, 12.0, 228.0]))
     assert RSNA_CLASSES.to_age(torch.tensor(2.5)).item() == 7.5
+    # ages outside every class are found (and clipped into the end classes by to_class)
+    outside = torch.tensor([-5.0, -0.01, 0.0, 230.9, 231.0, 240.0])
+    assert RSNA_CLASSES.outside(outside).tolist() == [True, True, False, False, True, True]
+    torch.testing.assert_close(RSNA_CLASSES.to_class(outside), torch.tensor([0, 0, 0, 76, 76, 76]))
+    shifted = AgeClasses(width=1.0, num_classes=5, offset=10.0)  # [10, 15) years
+    torch.testing.assert_close(shifted.to_class(torch.tensor([10.0, 12.5, 14.99])), torch.tensor([0, 2, 4]))
     with pytest.raises(ValueError):
         AgeClasses(width=0.0, num_classes=10)
+
+
+def test_class_ratio_weights_count_the_whole_batch_across_devices():
+    """DDP: each device holds half of the batch; with the whole batch's targets, the mean of the two
+    devices' losses (what gradient averaging takes) is the whole batch's loss, value and gradient."""
+    torch.manual_seed(0)
+    logits = torch.randn(8, 5, requires_grad=True)
+    targets = torch.tensor([0, 0, 0, 1, 2, 0, 1, 4])
+    whole = ratio_weighted_cross_entropy(logits, targets)
+    (g_whole,) = torch.autograd.grad(whole, logits)
+    halves = [ratio_weighted_cross_entropy(logits[i:i + 4], targets[i:i + 4], batch_targets=targets)
+              for i in (0, 4)]
+    split = (halves[0] + halves[1]) / 2
+    (g_split,) = torch.autograd.grad(split, logits)
+    torch.testing.assert_close(split, whole)
+    torch.testing.assert_close(g_split, g_whole)
+    # counted per device instead (each half's own classes), the loss is another one
+    own = sum(ratio_weighted_cross_entropy(logits[i:i + 4], targets[i:i + 4]) for i in (0, 4)) / 2
+    assert abs(own.item() - whole.item()) > 1e-3
+    # the same through tjnet_loss, for both cross entropies
+    sex_logits, sex = torch.randn(8, 2), torch.tensor([1.0, 1, 1, 1, 0, 0, 1, 0])
+    full = tjnet_loss(logits, targets, 1.5, sex_logits, sex)
+    parts = [tjnet_loss(logits[i:i + 4], targets[i:i + 4], 1.5, sex_logits[i:i + 4], sex[i:i + 4],
+                        batch_age_targets=targets, batch_sex_targets=sex) for i in (0, 4)]
+    for key in ("age_ce", "sex_ce"):
+        torch.testing.assert_close((parts[0][key] + parts[1][key]) / 2, full[key])

@@ -16,7 +16,10 @@ A LightningCLI with the framework's run layout (:mod:`boneage.runs`):
   of the same experiment with the same settings;
 - ``--exact_resume`` (on by default) adds :class:`boneage.resume.ExactResume` (RNG and sampler
   state in checkpoints, atomic writes, ``last.ckpt`` on SIGTERM/SIGUSR1 at any point of fit);
-- ``--wandb true`` adds a Weights & Biases logger; a resumed run continues its W&B run.
+- ``--wandb true`` adds a Weights & Biases logger; a resumed run continues its W&B run;
+- ``data.init_args.batch_size`` is the global batch (the papers' batch sizes): fit on several
+  devices (``devices: auto`` on a multi-GPU node, several nodes) gives each device
+  ``batch_size / world size`` (:func:`split_global_batch`), and refuses a batch that does not divide.
 
 Expected problems (bad data, unknown run, missing checkpoint or weights) end with one line and
 exit code 2; ``--debug`` or ``BONEAGE_DEBUG=1`` shows the traceback.
@@ -119,6 +122,23 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 RESUME_MAY_CHANGE = ("num_workers", "pin_memory", "persistent_workers")
+
+
+def split_global_batch(datamodule: Any, world_size: int) -> None:
+    """Make ``datamodule.batch_size`` (the configured, global batch) the per-device batch of a
+    ``world_size``-process run, so the global batch stays the configured one (the papers' batch
+    sizes: 16 for TJ-Net, 32, 256, ...). A data module without ``batch_size`` is left alone."""
+    total = getattr(datamodule, "batch_size", None)
+    if world_size <= 1 or not isinstance(total, int):
+        return
+    if total % world_size:
+        raise RunError(f"data.init_args.batch_size {total} is the global batch and does not divide over "
+                       f"{world_size} devices: set --trainer.devices (and num_nodes) so that it divides "
+                       f"(e.g. {', '.join(str(d) for d in range(1, total + 1) if total % d == 0 and d <= 8)}), "
+                       "or give a batch size that divides (it is then not the paper's)")
+    datamodule.batch_size = total // world_size
+    if _rank() == 0:
+        print(f"global batch {total}: {datamodule.batch_size} per device on {world_size} devices", file=sys.stderr)
 
 
 def setting_changes(old: dict, new: dict, sections: tuple[str, ...] = ("model", "data")) -> list[str]:
@@ -329,6 +349,8 @@ class BoneAgeCLI(LightningCLI):
             defaults = default_checkpoints(self.model, Path(ckpt_dir), cfg.get("last_every_n_epochs") or 1)
             config["callbacks"] = [*(config.get("callbacks") or []), *defaults]
         trainer = super()._instantiate_trainer(config, callbacks)
+        if self.subcommand == "fit":
+            split_global_batch(self.datamodule, trainer.world_size)
         for cb in trainer.callbacks:
             if isinstance(cb, BoneAgeSaveConfig):
                 cb.config = self._recipe

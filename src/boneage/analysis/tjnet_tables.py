@@ -1,7 +1,12 @@
 """TJ-Net's tables and comparison figures from finished runs.
 
 - Table 1: MAD and RMSE (years) per method on RSNA (TJ-Net and the VGG16, InceptionV3,
-  InceptionV4, ResNet50 baselines), with the paper's values beside them.
+  InceptionV4, ResNet50 baselines), with the paper's values beside them. ``MAD``/``RMSE`` are
+  the paper's way, from class labels (|true class - predicted class| x class width: 3 months on
+  RSNA, a year on the second hospital); the paper's numbers compare to these. ``MAD (expected
+  age)``/``RMSE (expected age)`` beside them are the run's age readout (the expected age under
+  the softmax unless the run set ``readout: argmax``). The paper's Inception V3 row is 16bit's
+  released model tested on its online server; ours is trained here like the other baselines.
 - Ablation rows (section 3.3): TJ-Net without IncRes shortcuts, without CBAM, without joint
   learning.
 - Table 2: transfer to the Tongji-like data for each number of frozen blocks k = 1..4: MAD,
@@ -10,6 +15,10 @@
   two runs' ``predictions.csv``.
 - Fig. 5 comparison: the block-4 activation heat maps of the runs with and without CBAM (each
   test run draws them for the same first test images), one above the other.
+- Fig. 7: the block-6 weights of the sex input without and with joint learning (the 512 x 64
+  block of block 6's first dense layer that reads the sex input's 64 units; from the checkpoint
+  each test run evaluated), grey = |weight| (black 0), and their Hoyer sparsity to test the
+  paper's "joint learning makes the sex input weight matrix sparser".
 
 Runs are read through :mod:`boneage.runs`: for each experiment, its newest fit run and that run's
 newest *test* evaluation (test metrics, ``predictions.csv``, ``figures/``; training accuracy
@@ -36,11 +45,16 @@ import pandas as pd
 from boneage.runs import RUN_FILE, RUNS_DIR, Run, RunError, find_runs, resolve_test_run
 
 TEST_MAD, TEST_RMSE, TEST_ACC, TRAIN_ACC = "test/mad_years", "test/rmse_years", "test/acc", "train/acc"
+# the paper's MAD/RMSE: from class labels (|true class - predicted class| x class width)
+TEST_MAD_CLASS, TEST_RMSE_CLASS = "test/mad_class_years", "test/rmse_class_years"
+INCEPTION_V3_NOTE = ("Inception V3 (trained here): the paper's row is 16bit's released model (the RSNA challenge "
+                     "winner) tested on 16bit's online server, not a model trained with TJ-Net's sex input and "
+                     "head; ours is trained here with the same protocol as the other baselines.")
 
 # (label, experiment, paper MAD, paper RMSE) — paper Table 1 (years)
 TABLE1 = [
     ("VGG16", "tjnet_rsna_vgg16", 0.53, 0.62),
-    ("Inception V3", "tjnet_rsna_inception_v3", 0.57, 0.58),
+    ("Inception V3 (trained here)", "tjnet_rsna_inception_v3", 0.57, 0.58),
     ("Inception V4", "tjnet_rsna_inception_v4", 0.59, 0.97),
     ("ResNet50", "tjnet_rsna_resnet50", 0.60, 0.72),
     ("TJ-Net", "tjnet_rsna", 0.41, 0.42),
@@ -110,48 +124,143 @@ def _runs(fit: Run | None, test: Run | None) -> dict[str, str | None]:
     return {"run": test.label if test else None, "fit run": fit.label if fit else None}
 
 
+ERRORS = [TEST_MAD_CLASS, TEST_RMSE_CLASS, TEST_MAD, TEST_RMSE]
+
+
+def _errors(values: Sequence[float | None]) -> dict[str, float | None]:
+    """MAD/RMSE from class labels (the paper's way) and of the age readout, by column name."""
+    mad, rmse, mad_age, rmse_age = values
+    return {"MAD": mad, "RMSE": rmse, "MAD (expected age)": mad_age, "RMSE (expected age)": rmse_age}
+
+
 def table1(runs_dir: str | Path, rows: Sequence[tuple] = TABLE1,
            named: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Table 1: method, MAD, RMSE (ours, years) and the paper's values."""
+    """Table 1: method, MAD, RMSE (years; class labels, the paper's way), the paper's values, and
+    MAD/RMSE of the expected-age readout."""
     records = []
     for label, exp, p_mad, p_rmse in rows:
-        (mad, rmse), fit, test = _lookup(runs_dir, exp, [TEST_MAD, TEST_RMSE], named)
-        records.append({"method": label, "experiment": exp, "MAD": mad, "RMSE": rmse,
-                        "paper MAD": p_mad, "paper RMSE": p_rmse, **_runs(fit, test)})
+        values, fit, test = _lookup(runs_dir, exp, ERRORS, named)
+        err = _errors(values)
+        records.append({"method": label, "experiment": exp, "MAD": err.pop("MAD"), "RMSE": err.pop("RMSE"),
+                        "paper MAD": p_mad, "paper RMSE": p_rmse, **err, **_runs(fit, test)})
     return pd.DataFrame(records)
 
 
 def ablation_table(runs_dir: str | Path, rows: Sequence[tuple] = ABLATIONS,
                    named: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Ablation rows: variant, MAD, RMSE (years) and the paper's MAD."""
+    """Ablation rows: variant, MAD, RMSE (years; class labels), the paper's MAD, expected-age MAD/RMSE."""
     records = []
     for label, exp, p_mad in rows:
-        (mad, rmse), fit, test = _lookup(runs_dir, exp, [TEST_MAD, TEST_RMSE], named)
-        records.append({"method": label, "experiment": exp, "MAD": mad, "RMSE": rmse, "paper MAD": p_mad,
-                        **_runs(fit, test)})
+        values, fit, test = _lookup(runs_dir, exp, ERRORS, named)
+        err = _errors(values)
+        records.append({"method": label, "experiment": exp, "MAD": err.pop("MAD"), "RMSE": err.pop("RMSE"),
+                        "paper MAD": p_mad, **err, **_runs(fit, test)})
     return pd.DataFrame(records)
 
 
 def table2(runs_dir: str | Path, rows: Sequence[tuple] = TABLE2,
            named: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Table 2: frozen blocks, MAD, RMSE, training and test accuracy, with the paper's values."""
+    """Table 2: frozen blocks, MAD, RMSE (years; yearly class labels), training and test accuracy,
+    with the paper's values, and expected-age MAD/RMSE."""
     records = []
     for k, exp, p_mad, p_rmse, p_tr, p_te in rows:
-        (mad, rmse, tr, te), fit, test = _lookup(runs_dir, exp, [TEST_MAD, TEST_RMSE, TRAIN_ACC, TEST_ACC], named)
+        values, fit, test = _lookup(runs_dir, exp, [*ERRORS, TRAIN_ACC, TEST_ACC], named)
+        err = _errors(values[:4])
         records.append({"pretrained blocks": "Block 1" if k == 1 else f"Blocks 1-{k}", "experiment": exp,
-                        "MAD": mad, "RMSE": rmse, "Training Accuracy": tr, "Test Accuracy": te,
-                        "paper MAD": p_mad, "paper RMSE": p_rmse, "paper Training Accuracy": p_tr,
-                        "paper Test Accuracy": p_te, **_runs(fit, test)})
+                        "MAD": err.pop("MAD"), "RMSE": err.pop("RMSE"), "Training Accuracy": values[4],
+                        "Test Accuracy": values[5], "paper MAD": p_mad, "paper RMSE": p_rmse,
+                        "paper Training Accuracy": p_tr, "paper Test Accuracy": p_te, **err, **_runs(fit, test)})
     return pd.DataFrame(records)
 
 
-def to_markdown(table: pd.DataFrame, title: str) -> str:
-    """A GitHub markdown table (no extra dependency), runs column left out."""
-    cols = [c for c in table.columns if c not in {"run", "fit run", "experiment"}]
+# ------------------------------------------------------------------------------ Fig. 7
+def sex_input_weights(network) -> np.ndarray:
+    """Block 6's weights on the sex input: the columns of its first dense layer (FC 512) that read
+    the sex-input layer's units (FC 64), as [512, 64]. Paper is silent which matrix Fig. 7 shows:
+    chose this one because it is the matrix through which the sex input reaches the age classifier
+    (the FC 64 layer itself has one weight per unit, a vector)."""
+    sex_units = network.sex_fc[0].out_features
+    first = next(m for m in network.age_head if hasattr(m, "weight"))
+    return first.weight.detach().float().cpu().numpy()[:, -sex_units:]
+
+
+def hoyer_sparsity(weights: np.ndarray) -> float:
+    """Hoyer's sparseness (Hoyer 2004), (sqrt(n) - |w|_1 / |w|_2) / (sqrt(n) - 1): 0 when all
+    weights have the same magnitude, 1 when one is non-zero; scale-invariant, no threshold."""
+    w = np.abs(np.asarray(weights, dtype=np.float64)).ravel()
+    n, l2 = w.size, float(np.linalg.norm(w))
+    if n < 2 or l2 == 0.0:
+        raise ValueError(f"Hoyer sparsity needs at least 2 weights, not all zero (got {n})")
+    return float((np.sqrt(n) - w.sum() / l2) / (np.sqrt(n) - 1.0))
+
+
+def fig7_sex_input_weights(matrices: Mapping[str, np.ndarray], out: str | Path) -> Path:
+    """The sex-input weight matrices one above the other (paper Fig. 7: without joint learning on
+    top, with it below), grey = |weight| scaled to each matrix's largest, black = 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    fig, axes = plt.subplots(len(matrices), 1, figsize=(10, 2.6 * len(matrices)), squeeze=False)
+    for ax, (name, w) in zip(axes[:, 0], matrices.items()):
+        a = np.abs(w).T  # [64 sex units, 512 outputs]: wide, like the paper's figure
+        ax.imshow(a / max(float(a.max()), 1e-12), cmap="gray", vmin=0.0, vmax=1.0, aspect="auto",
+                  interpolation="nearest")
+        ax.set_title(f"{name}: Hoyer sparsity {hoyer_sparsity(w):.3f}")
+        ax.set_xlabel("FC 512 unit")
+        ax.set_ylabel("sex-input unit")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+FIG7 = [("without joint learning", "tjnet_rsna_no_joint"), ("with joint learning", "tjnet_rsna")]
+
+
+def fig7_table(runs_dir: str | Path, named: Mapping[str, str] | None = None
+               ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Fig. 7's rows (Hoyer sparsity of each run's sex-input weights) and the matrices, from the
+    checkpoint each experiment's test run evaluated (its fit run's best when not recorded)."""
+    from boneage.runs import build_system
+
+    records, matrices = [], {}
+    for name, exp in FIG7:
+        fit, test = finished_run(runs_dir, exp, named)
+        sparsity, ckpt = None, None
+        if fit is not None and test is not None:
+            try:
+                system = build_system(fit, test.info.get("ckpt_path") or "best")
+            except RunError as err:  # the tables stand without Fig. 7
+                print(f"no Fig. 7 weights of {exp}: {err}")
+            else:
+                ckpt = system.ckpt_path
+                matrices[name] = sex_input_weights(system.network)
+                sparsity = hoyer_sparsity(matrices[name])
+        records.append({"model": name, "experiment": exp, "Hoyer sparsity": sparsity,
+                        "checkpoint": ckpt, **_runs(fit, test)})
+    return pd.DataFrame(records), matrices
+
+
+ERROR_NOTE = ("MAD and RMSE: from class labels (|true class - predicted class| x class width, 3 months on RSNA, "
+              "a year on the second hospital), as the paper computes them: the paper's values compare to these. "
+              "MAD/RMSE (expected age): the run's age readout (the expected age under the softmax).")
+FIG7_NOTE = ("Hoyer sparsity of |W| for the 512 x 64 weights of block 6's FC 512 on the sex input's FC 64 units: "
+             "0 = all weights equal in size, 1 = one non-zero. The paper (Fig. 7): joint learning makes this "
+             "matrix sparser, i.e. a higher value with joint learning.")
+
+
+def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
+    """A GitHub markdown table (no extra dependency), runs column left out, ``notes`` below it."""
+    cols = [c for c in table.columns if c not in {"run", "fit run", "experiment", "checkpoint"}]
     lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in table.iterrows():
         cells = [(_fmt(row[c]) if isinstance(row[c], float) or row[c] is None else str(row[c])) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    for note in notes:
+        lines += ["", note]
     missing = table.loc[table["run"].isna() & table["fit run"].isna(), "experiment"].tolist()
     untested = table.loc[table["run"].isna() & table["fit run"].notna(), "fit run"].tolist()
     if missing or untested:
@@ -254,21 +363,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write(runs_dir: str, out: Path, named: dict[str, str]) -> int:
-    parts = [("Table 1: RSNA test (years)", "table1", table1(runs_dir, named=named)),
-             ("Ablations: RSNA test (years)", "ablations", ablation_table(runs_dir, named=named)),
-             ("Table 2: transfer to the Tongji-like data (years)", "table2", table2(runs_dir, named=named))]
-    for _, _, table in parts:
+    sparsity, matrices = fig7_table(runs_dir, named)
+    parts = [("Table 1: RSNA test (years)", "table1", table1(runs_dir, named=named), [ERROR_NOTE, INCEPTION_V3_NOTE]),
+             ("Ablations: RSNA test (years)", "ablations", ablation_table(runs_dir, named=named), [ERROR_NOTE]),
+             ("Table 2: transfer to the Tongji-like data (years)", "table2", table2(runs_dir, named=named),
+              [ERROR_NOTE]),
+             ("Fig. 7: sparsity of the sex-input weights of block 6", "fig7_sparsity", sparsity, [FIG7_NOTE])]
+    for _, _, table, _ in parts:
         for row in table.dropna(subset=["run"]).to_dict("records"):
             print(f"{row['experiment']}: test run {row['run']}"
                   + (f" of fit run {row['fit run']}" if row["fit run"] else ""))
     out.mkdir(parents=True, exist_ok=True)
     text = []
-    for title, stem, table in parts:
+    for title, stem, table, notes in parts:
         table.to_csv(out / f"{stem}.csv", index=False)
-        text.append(to_markdown(table, title))
+        text.append(to_markdown(table, title, notes))
     (out / "tables.md").write_text("\n".join(text))
     print("\n".join(text))
-    written = [f"{s}.csv" for _, s, _ in parts] + ["tables.md"]
+    written = [f"{s}.csv" for _, s, _, _ in parts] + ["tables.md"]
+    if len(matrices) == 2:
+        fig7_sex_input_weights(matrices, out / "fig7_sex_input_weights.png")
+        written.append("fig7_sex_input_weights.png")
     tests = {name: finished_run(runs_dir, exp, named)[1] for name, exp in
              (("with joint learning", "tjnet_rsna"), ("without joint learning", "tjnet_rsna_no_joint"))}
     if all(tests.values()):

@@ -7,18 +7,29 @@ image and a sex to age-class logits (and, for TJ-Net with joint learning, sex lo
 
 Recipe:
 
-- ages become classes (:class:`boneage.losses_tjnet.AgeClasses`): 77 classes of 3 months for
-  RSNA (``class_width: 3``, labels in months), yearly classes 0-22 for the Tongji-like data
-  (``class_width: 1``, labels in years); the class count is the network's ``num_classes``;
+- ages become classes (:class:`boneage.losses_tjnet.AgeClasses`, half-open intervals: the age in
+  completed class units): 77 classes of 3 months for RSNA (``class_width: 3``, labels in months,
+  [0, 231) months), yearly classes 0-22 for the Tongji-like data (``class_width: 1``, labels in
+  years); the class count is the network's ``num_classes``. Labels outside the classes are
+  counted at setup: more than 1 % of a split stops with a DataError naming rows, fewer are
+  clipped into the end classes with a warning;
 - loss :func:`boneage.losses_tjnet.tjnet_loss`: ``alpha * e^2`` (differentiable MAD in class
   units, from the expected class) plus batch-class-ratio-weighted sex and age cross entropies;
 - ``alpha`` (a buffer, saved in checkpoints) starts at 1.5 and is raised to the number of
   classes by :class:`boneage.systems.tjnet_callbacks.AlphaPlateau` once the cross entropies are
   stable (rule in that module); the system adds this callback itself;
 - the predicted age is read from the class output: ``readout: expected`` (default) is the
-  expected age under the softmax, ``argmax`` the centre of the most likely class. Paper is silent:
-  chose the expected value because it is what the MAD term trains, and has no 3-month
-  quantisation; accuracy always uses the arg-max class;
+  expected age under the softmax, ``argmax`` the age of the most likely class. The age a class
+  stands for is the start of its interval plus ``class_age_shift``, the mean of (label - start of
+  its class) over the training labels (0 for labels on the class grid: whole years, RSNA months
+  in multiples of 3; about half a class for continuous labels), set at the start of fit and
+  saved in checkpoints. Paper is silent: chose the expected value because it is what the MAD
+  term trains, and has no 3-month quantisation; accuracy always uses the arg-max class;
+- the paper's MAD and RMSE compare class labels: ``{stage}/mad_class_years`` and
+  ``{stage}/rmse_class_years`` are |true class - arg-max class| x class width in years, logged
+  beside the readout's ``{stage}/mad_years`` and ``{stage}/rmse_years``;
+- several devices: the batch (paper: 16) is the global batch, split over the devices by
+  ``boneage.cli``; the loss's class-ratio weights count the whole batch's classes (all-gathered);
 - test and predict use the age head only (block 5 discarded);
 - transfer: ``init_checkpoint`` (a TJ-Net checkpoint, e.g. from tjnet_rsna) initialises the
   network at the start of ``fit`` (tensors whose shapes differ, i.e. the age output layer when the
@@ -28,7 +39,8 @@ Recipe:
   transfer's config.yaml records the path.
 
 Logged: ``{stage}/loss``, ``{stage}/mae`` and ``{stage}/rmse`` (label units), ``{stage}/mad_years``
-and ``{stage}/rmse_years`` (the paper reports years), ``{stage}/acc`` (class accuracy), and for
+and ``{stage}/rmse_years`` (the readout, in years), ``{stage}/mad_class_years`` and
+``{stage}/rmse_class_years`` (class labels, the paper's way), ``{stage}/acc`` (class accuracy), and for
 training ``train/ce`` (the cross-entropy part that AlphaPlateau watches), ``train/mad_cls`` and
 ``train/alpha``. The test run writes ``predictions.csv`` and, into figures/, the error
 distribution per age group (paper Fig. 6, one run) and block-4 activation heat maps (paper Fig. 5).
@@ -37,6 +49,7 @@ distribution per age group (paper Fig. 6, one run) and block-4 activation heat m
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +58,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -54,6 +68,10 @@ from boneage.systems.base import gather_outputs, prediction_frame, run_dir, save
 from boneage.systems.tjnet_callbacks import AlphaPlateau
 
 YEARS_PER_UNIT = {"years": 1.0, "months": 1.0 / 12.0}
+# Labels outside the age classes: above this share of a split, setup stops (the class settings do
+# not fit the labels); below it they are clipped into the end classes with a warning (a few adult
+# or mislabelled rows). Paper is silent: chose 1 %.
+MAX_OUTSIDE_SHARE = 0.01
 
 
 def _adam(params) -> torch.optim.Optimizer:
@@ -127,7 +145,7 @@ class TJNetSystem(pl.LightningModule):
         network: ``forward(image, sex)`` -> age logits, or (age logits, sex logits); has
             ``num_classes``; ``predict(image, sex)`` (age logits only) is used where present.
         class_width: width of an age class in label units (3 months for RSNA, 1 year).
-        class_offset: centre of the first class in label units.
+        class_offset: start of the first class in label units (classes are half-open intervals).
         alpha: start value of alpha (paper: 1.5).
         alpha_final: alpha after the plateau (None: the number of classes, paper: 77).
         alpha_patience: epochs without 1 % improvement of train/ce before alpha is raised.
@@ -177,6 +195,8 @@ class TJNetSystem(pl.LightningModule):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.register_buffer("alpha", torch.tensor(float(alpha)))
+        # label units added to a class's start to give the age it stands for (set at fit setup)
+        self.register_buffer("class_age_shift", torch.tensor(0.0))
         if freeze_blocks:
             if not hasattr(network, "freeze_blocks"):
                 raise ValueError(f"freeze_blocks={freeze_blocks} needs a network with blocks (TJNet); "
@@ -185,9 +205,12 @@ class TJNetSystem(pl.LightningModule):
         regression = MetricCollection({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)})
         years = MetricCollection({"mad": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)},
                                  postfix="_years")
+        class_years = MetricCollection({"mad": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)},
+                                       postfix="_class_years")
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_metrics", regression.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_years", years.clone(prefix=f"{stage}/"))
+            setattr(self, f"{stage}_class_years", class_years.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_acc", MulticlassAccuracy(self.num_classes, average="micro"))
             setattr(self, f"{stage}_loss", MeanMetric())
         self.train_ce = MeanMetric()
@@ -208,24 +231,50 @@ class TJNetSystem(pl.LightningModule):
             self.age_units = getattr(dm, "age_units", self.age_units)
             if self.age_units not in YEARS_PER_UNIT:
                 raise ValueError(f"unknown age units {self.age_units!r} of {type(dm).__name__}")
+            splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+            for split in splits:
+                self.check_class_range(dm.table(split), split)
             if stage == "fit":
-                self._check_class_range(dm.table("train")["age"].to_numpy(np.float64))
+                self.set_class_age_shift(dm.table("train")["age"].to_numpy(np.float64))
         init = self.hparams.init_checkpoint
         if stage == "fit" and init and self._trainer is not None and self.trainer.ckpt_path is None:
             loaded, fresh = load_network_weights(self.network, init)
             print(f"initialised {len(loaded)} network tensors from {init}; freshly initialised: "
                   f"{', '.join(fresh) if fresh else 'none'}")
 
-    def _check_class_range(self, ages: np.ndarray) -> None:
-        c = self.classes
-        outside = (ages < c.offset - c.width / 2) | (ages > c.max_age + c.width / 2)
-        if outside.mean() > 0.05:
-            raise ValueError(
-                f"{outside.mean():.0%} of the training ages ({self.age_units}, range "
-                f"{ages.min():g}-{ages.max():g}) fall outside the {c.num_classes} age classes of width "
-                f"{c.width:g} ({c.offset:g}-{c.max_age:g} {self.age_units}). Set "
-                "model.init_args.class_width/class_offset and the network's num_classes for these units "
-                "(RSNA months: 3 and 77; yearly 0-22: 1 and 23).")
+    def check_class_range(self, table: pd.DataFrame, split: str) -> None:
+        """Count the labels of a split outside the age classes: above ``MAX_OUTSIDE_SHARE`` a
+        DataError naming rows, else a warning with the count (they are clipped into the end classes)."""
+        from data_modules.base import DataError, row_name
+
+        ages = table["age"].to_numpy(np.float64, copy=True)
+        outside = np.flatnonzero(self.classes.outside(torch.from_numpy(ages)).numpy())
+        if len(outside) == 0:
+            return
+        c, units = self.classes, self.age_units
+        rows = ", ".join(f"{row_name(table, i)} ({ages[i]:g} {units})" for i in outside[:5])
+        what = (f"{len(outside)} of {len(ages)} {split} labels ({len(outside) / len(ages):.1%}) fall outside the "
+                f"{c.num_classes} age classes of width {c.width:g}, [{c.offset:g}, {c.upper:g}) {units}: {rows}"
+                f"{' ...' if len(outside) > 5 else ''}")
+        if len(outside) > MAX_OUTSIDE_SHARE * len(ages):
+            raise DataError(f"{what}; fix or remove those rows, or set model.init_args.class_width/class_offset and "
+                            "the network's num_classes for these labels (RSNA months: 3, 0 and 77; yearly 0-22: "
+                            "1, 0 and 23)")
+        rank_zero_warn(f"{what}; they count as the nearest end class")
+
+    def set_class_age_shift(self, ages: np.ndarray) -> None:
+        """``class_age_shift`` from training labels: the mean of (label - start of its class)."""
+        t = torch.tensor(ages, dtype=torch.float64)
+        inside = t[~self.classes.outside(t)]
+        if len(inside):
+            shift = (inside - self.classes.to_age(self.classes.to_class(inside)).double()).mean()
+            self.class_age_shift.fill_(float(shift))
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        # checkpoints from before the class-age shift existed read their classes at their start
+        if "class_age_shift" not in state_dict and "alpha" in state_dict:
+            state_dict = {**state_dict, "class_age_shift": torch.tensor(0.0)}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_train_start(self) -> None:
         self.val_mae_best.reset()
@@ -245,7 +294,7 @@ class TJNetSystem(pl.LightningModule):
     def age_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Predicted age in label units (expected class or arg-max class centre)."""
         k = expected_class(logits) if self.hparams.readout == "expected" else logits.argmax(1)
-        return self.classes.to_age(k)
+        return self.classes.to_age(k) + self.class_age_shift
 
     def forward(self, image: torch.Tensor, sex: torch.Tensor) -> torch.Tensor:
         """Predicted age in label units (age head only)."""
@@ -254,20 +303,27 @@ class TJNetSystem(pl.LightningModule):
     def model_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         age_logits, sex_logits = self._logits(batch["image"], batch["sex"], train=stage == "train")
         target = self.classes.to_class(batch["age"])
+        whole = stage == "train" and self._trainer is not None and self.trainer.world_size > 1
         parts = tjnet_loss(age_logits.float(), target, self.alpha,
-                           None if sex_logits is None else sex_logits.float(), batch["sex"])
+                           None if sex_logits is None else sex_logits.float(), batch["sex"],
+                           # DDP: class counts of the whole batch (all devices), not of this device's share
+                           batch_age_targets=self.all_gather(target).reshape(-1) if whole else None,
+                           batch_sex_targets=self.all_gather(batch["sex"]).reshape(-1) if whole else None)
         pred = self.age_from_logits(age_logits.detach())
+        pred_class = age_logits.detach().argmax(1)
         age = batch["age"].float()
         # Update here, log once per epoch (_log_epoch): self.log of metric objects on every step
         # costs more than a small model's step (make bench found it).
         getattr(self, f"{stage}_metrics").update(pred, age)
         getattr(self, f"{stage}_years").update(pred * self.years_per_unit, age * self.years_per_unit)
-        getattr(self, f"{stage}_acc").update(age_logits.detach().argmax(1), target)
+        width_years = self.classes.width * self.years_per_unit  # class labels, the paper's MAD/RMSE
+        getattr(self, f"{stage}_class_years").update(pred_class * width_years, target * width_years)
+        getattr(self, f"{stage}_acc").update(pred_class, target)
         getattr(self, f"{stage}_loss").update(parts["loss"].detach())
         if stage == "train":
             self.train_ce.update(parts["age_ce"] + parts["sex_ce"])
             self.train_mad_cls.update(parts["mad"])
-        return {"loss": parts["loss"], "pred": pred, "pred_class": age_logits.detach().argmax(1)}
+        return {"loss": parts["loss"], "pred": pred, "pred_class": pred_class}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.model_step(batch, "train")["loss"]
@@ -279,6 +335,7 @@ class TJNetSystem(pl.LightningModule):
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage == "train")
         self.log_dict(getattr(self, f"{stage}_metrics"), prog_bar=stage == "val")
         self.log_dict(getattr(self, f"{stage}_years"))
+        self.log_dict(getattr(self, f"{stage}_class_years"))
         self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"))
         if stage == "train":
             self.log("train/ce", self.train_ce)
