@@ -10,6 +10,15 @@ REGRESSOR_RUN ?=
 PGGAN_OUT ?=
 PGGAN_N ?= 200000
 PGGAN_DEVICES ?= auto
+# PGGAN_PRESET=1gpu: the official 1-GPU preset (default: the paper's 4 GPUs, the official 4-GPU preset in
+# the YAML); PGGAN_DDP=1: all visible GPUs (experiments/presets/ddp_gan.yaml); XCEPTION_TEST200=1: the
+# paper's test set, the RSNA challenge's 200 test images (give it to xception-eval too)
+PGGAN_PRESET ?=
+PGGAN_DDP ?=
+XCEPTION_TEST200 ?=
+PGGAN_TRAIN_CONFIGS = --config $(PGGAN_CONFIG) $(if $(PGGAN_PRESET),--config experiments/presets/pggan_official_$(PGGAN_PRESET).yaml) \
+	$(if $(PGGAN_DDP),--config experiments/presets/ddp_gan.yaml)
+XCEPTION_CONFIGS = --config $(XCEPTION_CONFIG) $(if $(XCEPTION_TEST200),--config experiments/presets/xception_rsna_test200.yaml)
 LATENT = $(PY) -m boneage.analysis.latent
 PGGAN_COMMON = --runs-dir $(PGGAN_RUNS) $(if $(GAN_RUN),--gan-run $(GAN_RUN)) \
 	$(if $(REGRESSOR_RUN),--regressor-run $(REGRESSOR_RUN)) $(if $(PGGAN_OUT),--out $(PGGAN_OUT)) \
@@ -19,21 +28,21 @@ PGGAN_STEPS := regressor-errors generate lasso neighbours walk control
 .PHONY: pggan-help pggan-train xception-train xception-eval pggan-analysis pggan-demo $(addprefix pggan-,$(PGGAN_STEPS))
 
 pggan-help:
-	@echo "make xception-train [RESUME=1]   Xception regressor on RSNA (experiments/xception_rsna.yaml)"
-	@echo "make xception-eval [RUN=id] [CKPT=best|last]   test a regressor fit run (default the newest)"
-	@echo "make pggan-train [RESUME=1]      progressive GAN to 1024 px (experiments/pggan_rsna.yaml)"
+	@echo "make xception-train [RESUME=1] [XCEPTION_TEST200=1]   Xception regressor on RSNA (experiments/xception_rsna.yaml)"
+	@echo "make xception-eval [RUN=id] [CKPT=best|last] [XCEPTION_TEST200=1]   test a regressor fit run (default the newest)"
+	@echo "make pggan-train [RESUME=1] [PGGAN_PRESET=1gpu] [PGGAN_DDP=1]   progressive GAN to 1024 px (experiments/pggan_rsna.yaml)"
 	@echo "make pggan-analysis              all latent-space steps: $(PGGAN_STEPS)"
 	@echo "make pggan-<step>                one step; GAN_RUN=id REGRESSOR_RUN=id PGGAN_N=200000 PGGAN_DEVICES=4 PGGAN_OUT=..."
 	@echo "make pggan-demo                  the whole paper at CPU scale on the hand phantom (a few minutes)"
 
 xception-train: install
-	$(BONEAGE) fit --config $(XCEPTION_CONFIG) $(if $(RESUME),--ckpt_path last,) $(ARGS)
+	$(BONEAGE) fit $(XCEPTION_CONFIGS) $(if $(RESUME),--ckpt_path last,) $(ARGS)
 
 xception-eval: install
-	$(BONEAGE) test --config $(XCEPTION_CONFIG) --ckpt_path $(CKPT) $(if $(RUN),--run $(RUN)) $(ARGS)
+	$(BONEAGE) test $(XCEPTION_CONFIGS) --ckpt_path $(CKPT) $(if $(RUN),--run $(RUN)) $(ARGS)
 
 pggan-train: install
-	$(BONEAGE) fit --config $(PGGAN_CONFIG) $(if $(RESUME),--ckpt_path last,) $(ARGS)
+	$(BONEAGE) fit $(PGGAN_TRAIN_CONFIGS) $(if $(RESUME),--ckpt_path last,) $(ARGS)
 
 pggan-generate: install
 	$(LATENT) generate $(PGGAN_COMMON) --n $(PGGAN_N)

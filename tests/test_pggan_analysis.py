@@ -132,6 +132,7 @@ def test_all_steps_on_the_newest_runs_write_into_the_gan_run(trained, capsys):
     assert f"using run {gan.label} (the newest fit run)" in printed
     assert f"using run {reg.label} (the newest fit run)" in printed
     assert "wrote lasso.json" in printed and "wrote 300 generated latents" in printed
+    assert f"regressor {reg.label} was trained from scratch" in printed  # its config has no weights file
     # the walk starts at 3-4 years, or at the youngest generated image when none is predicted there
     walk = json.loads((out / "walk.json").read_text())
     assert (out / "walk.gif").is_file() and (out / "walk.png").is_file()

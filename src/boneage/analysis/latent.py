@@ -299,7 +299,13 @@ def control_summary(target: np.ndarray, achieved: np.ndarray) -> dict[str, float
 
 
 def load_regressor(run: Run, ckpt: str = "best"):
-    """The age regressor of a fit run, rebuilt from the run's own config.yaml, in eval mode."""
+    """The age regressor of a fit run, rebuilt from the run's own config.yaml, in eval mode; says so
+    when the run trained from scratch (the paper's Xception started from ImageNet weights)."""
+    network = ((run.config().get("model") or {}).get("init_args") or {}).get("network") or {}
+    args = network.get("init_args") or {}
+    if "pretrained_path" in args and args["pretrained_path"] is None:
+        print(f"regressor {run.label} was trained from scratch (pretrained_path null); the paper's Xception "
+              "started from ImageNet weights")
     return build_system(run, ckpt).requires_grad_(False)
 
 

@@ -1,6 +1,6 @@
 """GAN image-set metrics of paper 001 (Fig. 6): MS-SSIM diversity, Inception Score, FID.
 
-All three go through torchmetrics. Feature extractors (nothing is downloaded):
+FID and IS go through torchmetrics. Feature extractors (nothing is downloaded):
 
 - ``InceptionFeatures(weights_path)``: timm ``inception_v3`` with ImageNet weights from a local
   file (pool features 2048 for FID, 1000 logits for IS). These are timm's Inception weights,
@@ -12,9 +12,14 @@ All three go through torchmetrics. Feature extractors (nothing is downloaded):
   Inception numbers. Paper is silent on IS for a domain model: chose age-bin classes because
   the Inception Score's "confident and diverse classes" then reads "clear and varied bone ages".
 
-MS-SSIM diversity follows the official PGGAN metric (pairs of generated images, lower = more
-diverse) with torchmetrics' MS-SSIM; ``msssim_settings`` picks a kernel and number of scales
-that work at the image size (torchmetrics raises on 128 px with the default 11 px kernel).
+MS-SSIM diversity is the official PGGAN metric (``metrics/ms_ssim.py``, the TensorFlow
+authors' numpy MS-SSIM), written here in torch so it runs on the GPU: images in the official
+value range [0, 255] (generated images ``round(127.5 * x + 127.5)`` clipped, as the official
+``Gs.run(out_mul=127.5, out_add=127.5, out_dtype=uint8)``), a Gaussian window of ``min(11, H, W)``
+px with sigma ``1.5 * size / 11`` applied without padding ("valid": every scale is cropped by
+the window), five scales by 2x2 box averaging, the five original weights (not renormalised),
+SSIM and contrast terms clipped at 0, pairs of consecutive images (``x[0::2]`` with ``x[1::2]``).
+Means and variances are computed in float64 with the separable Gaussian.
 """
 
 from __future__ import annotations
@@ -24,56 +29,86 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 
-MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # sum 0.9999, as the official code
 
 
-def msssim_settings(size: int, kernel_size: int = 11, max_scales: int = 5) -> tuple[int, tuple[float, ...]]:
-    """Kernel (odd, <= ``kernel_size``) and number of scales that work at ``size`` px.
+def to_official_range(images: Tensor) -> Tensor:
+    """Images in [-1, 1] to the official metric input: ``round(127.5 * x + 127.5)`` in [0, 255]."""
+    return (images.double() * 127.5 + 127.5).round().clamp(0, 255)
 
-    Preference: a kernel of at least 7 px, then as many scales as fit, then the largest kernel
-    (11 and 5 scales from 176 px, 7 and 5 scales at 128 px, 7 and 2 scales at 16 px). A setting
-    fits when torchmetrics accepts it and the kernel fits the coarsest scale. Dropped coarse
-    scales' weights are removed and the rest renormalised to sum to 1.
-    """
-    for k_min in (min(7, kernel_size), 3):
-        for scales in range(max_scales, 0, -1):
-            div = max(1, scales - 1) ** 2
-            coarsest = size // 2 ** (scales - 1)
-            for k in range(kernel_size, k_min - 1, -2):
-                if size >= 2**scales and size // div > k - 1 and coarsest > k - 1:
-                    betas = MSSSIM_BETAS[:scales]
-                    total = sum(betas)
-                    return k, tuple(b / total for b in betas)
-    raise ValueError(f"MS-SSIM needs images of at least 8 px, got {size}")
+
+def _gaussian_1d(size: int, sigma: float, like: Tensor) -> Tensor:
+    """The official ``_FSpecialGauss`` window, separated: its 2-D window is ``outer(g, g)``."""
+    x = torch.arange(size, dtype=torch.float64, device=like.device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2.0 * sigma**2))
+    return g / g.sum()
+
+
+def _ssim_and_cs(x: Tensor, y: Tensor, max_val: float, filter_size: int, filter_sigma: float,
+                 k1: float, k2: float) -> tuple[Tensor, Tensor]:
+    """Mean SSIM and contrast-structure term per image at one scale ("valid" window, no padding)."""
+    n, c, h, w = x.shape
+    size = min(filter_size, h, w)
+    g = _gaussian_1d(size, size * filter_sigma / filter_size, x)
+    kh, kw = g.view(1, 1, size, 1), g.view(1, 1, 1, size)
+
+    def blur(t: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(t.reshape(n * c, 1, h, w), kh), kw)
+
+    mu1, mu2 = blur(x), blur(y)
+    mu11, mu22, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s11, s22, s12 = blur(x * x) - mu11, blur(y * y) - mu22, blur(x * y) - mu12
+    c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
+    v1, v2 = 2.0 * s12 + c2, s11 + s22 + c2
+    ssim = ((2.0 * mu12 + c1) * v1) / ((mu11 + mu22 + c1) * v2)
+    return ssim.reshape(n, -1).mean(1), (v1 / v2).reshape(n, -1).mean(1)
 
 
 @torch.no_grad()
-def msssim_diversity(images: Tensor, num_pairs: int | None = None, seed: int = 0,
-                     data_range: float = 2.0, kernel_size: int = 11) -> float:
-    """Mean MS-SSIM over random pairs of distinct images of one set (lower = more diverse).
+def ms_ssim(x: Tensor, y: Tensor, max_val: float = 255.0, filter_size: int = 11, filter_sigma: float = 1.5,
+            k1: float = 0.01, k2: float = 0.03, weights: tuple[float, ...] = MSSSIM_WEIGHTS) -> Tensor:
+    """MS-SSIM of each pair ``(x[i], y[i])`` [N] by the official algorithm (see the module docstring).
 
-    ``images`` [N, C, H, W] in [-1, 1] (``data_range`` 2). ``num_pairs`` defaults to N // 2
-    disjoint pairs, as the official metric pairs consecutive images.
+    ``x``, ``y``: [N, C, H, W] in the range ``max_val`` describes (official: [0, 255]). Needs at
+    least ``2 ** (len(weights) - 1)`` px (16 px for five scales).
     """
-    n = images.shape[0]
-    if n < 2:
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"MS-SSIM needs two [N, C, H, W] batches of one shape, got {tuple(x.shape)}, "
+                         f"{tuple(y.shape)}")
+    if min(x.shape[-2:]) < 2 ** (len(weights) - 1):
+        raise ValueError(f"MS-SSIM with {len(weights)} scales needs images of at least "
+                         f"{2 ** (len(weights) - 1)} px, got {tuple(x.shape[-2:])}")
+    x, y = x.double(), y.double()
+    ssims, css = [], []
+    for level in range(len(weights)):
+        if level:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        ssim, cs = _ssim_and_cs(x, y, max_val, filter_size, filter_sigma, k1, k2)
+        ssims.append(ssim.clamp_min(0.0))
+        css.append(cs.clamp_min(0.0))
+    w = torch.tensor(weights, dtype=torch.float64, device=x.device)
+    return torch.stack(css[:-1], 1).pow(w[:-1]).prod(1) * ssims[-1].pow(w[-1])
+
+
+@torch.no_grad()
+def msssim_pairs(images: Tensor) -> Tensor:
+    """Official MS-SSIM of consecutive pairs ``images[0::2]`` with ``images[1::2]`` [N // 2].
+
+    ``images`` [N, C, H, W] in [-1, 1]; quantised to the official [0, 255] range first.
+    """
+    pairs = images.shape[0] // 2
+    if pairs < 1:
         raise ValueError("MS-SSIM diversity needs at least 2 images")
-    g = torch.Generator().manual_seed(seed)
-    if num_pairs is None:
-        perm = torch.randperm(n, generator=g)
-        a, b = perm[: n // 2], perm[n // 2: 2 * (n // 2)]
-    else:
-        a = torch.randint(0, n, (num_pairs,), generator=g)
-        b = (a + torch.randint(1, n, (num_pairs,), generator=g)) % n
-    k, betas = msssim_settings(min(images.shape[-2:]), kernel_size)
-    x, y = images[a.to(images.device)].float(), images[b.to(images.device)].float()
-    vals = multiscale_structural_similarity_index_measure(
-        x, y, kernel_size=k, betas=betas, data_range=data_range, reduction="none")
-    return float(vals.mean())
+    x = to_official_range(images[: 2 * pairs])
+    return ms_ssim(x[0::2], x[1::2])
+
+
+def msssim_diversity(images: Tensor) -> float:
+    """Mean official MS-SSIM over consecutive pairs of one image set (lower = more diverse)."""
+    return float(msssim_pairs(images).mean())
 
 
 def _penultimate_hook(network: nn.Module) -> nn.Linear:
@@ -128,7 +163,8 @@ class RegressorFeatures(nn.Module):
 
     ``features``: the input of the network's last nn.Linear (penultimate features).
     ``logits``: log-probabilities of one-year age bins from the predicted age,
-    ``-(age - centre)^2 / (2 * bin_sd^2)`` (soft classes for a domain Inception Score).
+    ``-(age - centre)^2 / (2 * bin_sd^2)`` floored at 60 below the top bin (soft classes for a domain
+    Inception Score; the floor keeps far bins from underflowing to NaN).
     ``predict_age(images) -> Tensor [B]`` must map images in [-1, 1] to age in label units;
     ``network(images)`` is then called for the features (its forward hook is read).
     """
@@ -165,7 +201,10 @@ class RegressorFeatures(nn.Module):
         if self.predict_age is None:
             raise ValueError("RegressorFeatures(output='logits') needs predict_age")
         age = self.predict_age(images).float().view(-1, 1)
-        return -((age - self.centres.view(1, -1)) ** 2) / (2 * self.bin_sd**2)
+        logits = -((age - self.centres.view(1, -1)) ** 2) / (2 * self.bin_sd**2)
+        # floor at e^-60 of the top class: a bin no image comes near would get probability 0 in float32,
+        # and the Inception Score's 0 * log(0) would make the whole score NaN (e.g. a young-only sample)
+        return logits.clamp_min(logits.max(dim=1, keepdim=True).values - 60.0)
 
 
 class GANImageMetrics(nn.Module):
@@ -173,15 +212,19 @@ class GANImageMetrics(nn.Module):
 
     ``features``/``logits`` are nn.Modules mapping [B, C, H, W] in [-1, 1] to [B, D]; pass
     ``InceptionFeatures`` (labels ``fid``/``is``) or ``RegressorFeatures`` (``fid_domain``/``is_domain``).
-    Real features are kept across ``reset`` (the reference set is fixed).
+    Real features are kept across ``reset`` (the reference set is fixed); FID keeps running sums
+    of the features, never the images. ``sync_on_compute=False`` for a metric that only one rank
+    updates and computes (the PGGAN metrics callback runs on rank zero).
     """
 
-    def __init__(self, features: nn.Module, logits: nn.Module | None = None, is_splits: int = 10) -> None:
+    def __init__(self, features: nn.Module, logits: nn.Module | None = None, is_splits: int = 10,
+                 sync_on_compute: bool = True) -> None:
         super().__init__()
         suffix = "" if getattr(features, "label", "") == "inception" else "_domain"
         self.fid_name, self.is_name = f"fid{suffix}", f"is{suffix}"
-        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False)
-        self.inception_score = (InceptionScore(feature=logits, splits=is_splits)
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False,
+                                            sync_on_compute=sync_on_compute)
+        self.inception_score = (InceptionScore(feature=logits, splits=is_splits, sync_on_compute=sync_on_compute)
                                 if logits is not None else None)
 
     def update_real(self, images: Tensor) -> None:

@@ -13,7 +13,7 @@ What the paper leaves unsaid (taken from the official code, see REFERENCE.md):
 - equalized learning rate everywhere, gain sqrt(2), toRGB gain 1, D's last dense gain 1, G's
   first dense gain sqrt(2)/4; leaky ReLU 0.2; pixelwise feature norm after every G conv and on
   the latent; nearest-neighbour 2x upsampling in G, 2x2 average pooling in D;
-- minibatch standard deviation (group 4) in D's 4x4 block;
+- minibatch standard deviation (group 4; the official 1-GPU v1 preset uses 16) in D's 4x4 block;
 - fade-in: the new block's output is blended with the upsampled (G) or pooled (D) output of
   the previous resolution with weight ``alpha`` for the new path.
 - Output images are linear (no tanh), in the [-1, 1] range of the data.
@@ -188,10 +188,11 @@ class PGGANDiscriminator(nn.Module):
         img_channels: int = 1,
         width: float = 1.0,
         fmap_max: int = 512,
-        mbstd_group: int = 4,  # official code 4 (16 in the paper setup); 0 disables the layer
+        mbstd_group: int = 4,  # official code 4 (its preset-v1-1gpu: 16); 0 disables the layer
     ) -> None:
         super().__init__()
         self.resolution = resolution
+        self.mbstd_group = mbstd_group
         self.max_level = num_levels(resolution) - 1
         ch = [stage_channels(level + 1, width, fmap_max=fmap_max) for level in range(self.max_level + 1)]
         self.channels = ch
