@@ -22,6 +22,11 @@ handle)::
     scans/0002.dcm,,71.0,M            <- empty: a two-frame file (or an image with both views)
 
 Both views of a scan go through one window (``window``): "dicom" takes the anterior file's.
+
+Cross-fitting (``folds: K``, ``fold: k``): every split's rows are dealt into K seeded folds; the
+localizer of fold k trains on the training rows outside fold k (validation and test stay whole)
+and its predict (the ROI export) runs over the rows of fold k in every split, so each crop comes
+from a localizer that never trained on that image.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from boneage.phantoms import scintigraphy as phantom
 from data_modules.base import DataError, ImageCache, ImageTableDataset, read_label_file, require_columns, resolve
@@ -56,13 +61,16 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
         posterior_col: column with the posterior view's file where a scan's two views are two
             files (an empty cell: the row's one file holds both views); "auto" (default) uses an
             ``image_posterior`` column when the CSV has one; None never reads one.
+        folds: cross-fitting folds (1: none).
+        fold: which fold this run holds out of training and exports (with ``folds`` > 1).
         **kwargs: see HospitalCSVDataModule / ImageTableDataModule (batch_size, seed, ...).
     """
 
     def __init__(self, csv_path: str = "data/scintigraphy/labels.csv",
                  image_size: tuple[int, int] = (1000, 300), keep_aspect: bool = False,
                  predict_split: str = "test", split_col: str | None = "auto",
-                 posterior_col: str | None = "auto", **kwargs: Any) -> None:
+                 posterior_col: str | None = "auto", folds: int = 1, fold: int | None = None,
+                 **kwargs: Any) -> None:
         self._auto_split = split_col == "auto"
         self.posterior_col = posterior_col
         super().__init__(csv_path=csv_path, image_size=image_size, keep_aspect=keep_aspect,
@@ -70,6 +78,10 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
         if predict_split not in ("all", *SPLITS):
             raise ValueError(f"predict_split must be 'all', 'train', 'val' or 'test', got {predict_split!r}")
         self.predict_split = predict_split
+        if folds < 1 or (folds > 1) != (fold is not None) or (fold is not None and not 0 <= fold < folds):
+            raise ValueError(f"cross-fitting needs folds >= 2 and 0 <= fold < folds (or folds 1 and fold null), "
+                             f"got folds {folds}, fold {fold}")
+        self.folds, self.fold = folds, fold
 
     def read_table(self) -> pd.DataFrame:
         if self._auto_split and self.csv_path.is_file():
@@ -105,6 +117,23 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
         # the cache reads a pair of files where a scan's views are two files (read_gray takes pairs)
         return super()._cache_for(table.assign(path=[self.source(row) for _, row in table.iterrows()]))
 
+    def setup(self, stage: str | None = None) -> None:
+        fresh = not self._datasets
+        super().setup(stage)
+        if fresh and self.fold is not None:  # train on the rows outside this fold
+            keep = np.flatnonzero(self.fold_ids("train") != self.fold)
+            self._datasets["train"] = _Rows(self._datasets["train"], keep)
+
+    def fold_ids(self, split: str) -> np.ndarray:
+        """Each row's cross-fitting fold in a split (seeded, balanced; zeros without folds)."""
+        n = len(self.table(split))
+        if self.folds == 1:
+            return np.zeros(n, dtype=int)
+        ids = np.empty(n, dtype=int)
+        order = np.random.default_rng([self.seed, self.folds, SPLITS.index(split)]).permutation(n)
+        ids[order] = np.arange(n) % self.folds
+        return ids
+
     def predict_splits(self) -> list[str]:
         """The split names of the predict loaders, in loader order."""
         if self.predict_dir is not None:
@@ -121,7 +150,9 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
         """A split's images in table order without augmentation (the train split included)."""
         if not self._datasets:
             self.setup()
-        dataset = ImageTableDataset(self._tables[split], self._datasets[split].cache, None, self.use_cache)
+        dataset: Dataset = ImageTableDataset(self._tables[split], self._datasets[split].cache, None, self.use_cache)
+        if self.fold is not None:  # the export of one fold: its own rows only
+            dataset = _Rows(dataset, np.flatnonzero(self.fold_ids(split) == self.fold))
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                           pin_memory=self.pin_memory)
 
@@ -132,3 +163,23 @@ class ScintigraphyDataModule(HospitalCSVDataModule):
         if not (root / "phantom.json").is_file():
             phantom.render(root, n=n, seed=seed, width=96, height=320, progress=False)
         return {"csv_path": str(root / phantom.LABEL_FILE)}
+
+
+class _Rows(Dataset):
+    """Some rows of a dataset; an index keeps its augmentation seed (boneage.resume.SeededIndex), and
+    ``index`` in a sample stays the row's position in the split's table."""
+
+    def __init__(self, base: ImageTableDataset, rows: np.ndarray) -> None:
+        self.base, self.rows = base, np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        j = int(self.rows[int(i)])
+        seed = getattr(i, "augment_seed", None)
+        return self.base[type(i)(j, seed) if seed is not None else j]
+
+    @property
+    def cache(self) -> ImageCache:
+        return self.base.cache

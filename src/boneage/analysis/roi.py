@@ -168,11 +168,13 @@ def map_box(box: Box, from_size: tuple[int, int], to_size: tuple[int, int], marg
 
 @dataclass(frozen=True)
 class RoiResult:
-    """A localized region: its box in original pixels, on the heat-map grid, and the fallback flag."""
+    """A localized region: its box in original pixels, on the heat-map grid, the fallback flag, and
+    the heat map's peak (x, y) in original pixels (the centre of the strongest heat-map cell)."""
 
     box: Box
     heat_box: Box
     fallback: bool
+    peak: tuple[float, float] = (math.nan, math.nan)
 
 
 def unletterbox(heat: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
@@ -200,7 +202,9 @@ def locate_roi(heat: np.ndarray, original_size: tuple[int, int], gamma: float = 
     mask = binary_mask(heat, gamma)
     heat_box, fallback = mask_box(mask, heat, blobs=blobs, empty=empty)
     box = map_box(heat_box, heat.shape, tuple(original_size), margin=margin)
-    return RoiResult(box, heat_box, fallback)
+    py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    peak = ((px + 0.5) * original_size[1] / heat.shape[1], (py + 0.5) * original_size[0] / heat.shape[0])
+    return RoiResult(box, heat_box, fallback, peak)
 
 
 def crop(image: np.ndarray, box: Box) -> np.ndarray:
@@ -262,9 +266,10 @@ class RoiExporter:
         self.rows: list[dict] = []
 
     def add(self, source: str | Path | tuple, age: float, sex: str, heat: np.ndarray, order: int,
-            split: str = "") -> dict:
+            split: str = "", **extra: object) -> dict:
         """Locate, crop and save one sample; returns its CSV row. ``source``: the original's file, or
-        the (anterior, posterior) files of a scan (the CSV's ``source`` is then the anterior one)."""
+        the (anterior, posterior) files of a scan (the CSV's ``source`` is then the anterior one);
+        ``extra`` columns (e.g. the predicted group) go into the row."""
         original = read_original(source, self.window)
         source = source[0] if isinstance(source, tuple) else source
         res = locate_roi(heat, original.shape[:2], self.gamma, self.blobs, self.empty, self.margin,
@@ -275,7 +280,7 @@ class RoiExporter:
         row = {"image": name, "age_years": round(float(age), 4), "sex": sex, "source": str(source), "split": split,
                "x0": res.box.x0, "y0": res.box.y0, "x1": res.box.x1, "y1": res.box.y1,
                "fallback": res.fallback, "orig_height": original.shape[0], "orig_width": original.shape[1],
-               "order": int(order)}
+               "peak_x": round(res.peak[0], 2), "peak_y": round(res.peak[1], 2), **extra, "order": int(order)}
         self.rows.append(row)
         if self.figures is not None and (self.max_figures is None or len(self.rows) <= self.max_figures):
             note = " (empty mask: whole image)" if res.fallback else ""
@@ -337,13 +342,35 @@ def roi_figure(original: np.ndarray, heat: np.ndarray, box: Box, patch: np.ndarr
 
 # --- which export stage 2 reads ----------------------------------------------------------
 
+def _fold_of(run: Run) -> int | None:
+    """The cross-fitting fold a stage-1 run (fit or predict) holds out, None when it is not one."""
+    try:
+        fold = ((run.config().get("data") or {}).get("init_args") or {}).get("fold")
+    except RunError:
+        return None
+    return None if fold is None else int(fold)
+
+
+def export_runs(runs_dir: str | Path = RUNS_DIR, experiment: str = LOCALIZER) -> list[Run]:
+    """Complete ROI exports, oldest first: cross-fitted exports (``export-*``) and predict runs of a
+    localizer trained on every training image. A predict run of one fold is a part, never an export."""
+    runs = find_runs(runs_dir, experiment, stage="export")
+    runs += [r for r in find_runs(runs_dir, experiment, stage="predict") if _fold_of(r) is None]
+    return sorted(runs, key=lambda r: (r.created, r.id))
+
+
 def export_csv(runs_dir: str | Path = RUNS_DIR, run: str | None = None,
                experiment: str = LOCALIZER) -> tuple[Path, Run]:
-    """``labels.csv`` of an ROI export (a predict run of the localizer; default the newest) and the run."""
-    if run is None and not find_runs(runs_dir, experiment, stage="predict"):
-        raise RunError(f"no ROI export (predict run) of {experiment} in {Path(runs_dir) / experiment}: "
-                       "run `make roi-stage1 roi-export` first (or give the runs folder)")
-    chosen = resolve_run(runs_dir, experiment, run, stage="predict")
+    """``labels.csv`` of an ROI export (default the newest; see :func:`export_runs`) and the run."""
+    if run is None:
+        exports = export_runs(runs_dir, experiment)
+        if not exports:
+            raise RunError(f"no ROI export of {experiment} in {Path(runs_dir) / experiment}: "
+                           "run `make roi-stage1 roi-export` first (or give the runs folder)")
+        chosen = exports[-1]
+    else:
+        stage = "export" if Path(run).name.startswith("export-") else "predict"
+        chosen = resolve_run(runs_dir, experiment, run, stage=stage)
     csv = chosen.path / "roi_dataset" / "labels.csv"
     if not csv.is_file():
         raise RunError(f"{chosen.label} has no roi_dataset/labels.csv (the export did not finish): "
@@ -351,28 +378,277 @@ def export_csv(runs_dir: str | Path = RUNS_DIR, run: str | None = None,
     return csv, chosen
 
 
+# --- cross-fitting: one export from the K fold localizers ---------------------------------
+
+def fold_fit_runs(runs_dir: str | Path = RUNS_DIR, group: str | None = None,
+                  experiment: str = LOCALIZER) -> list[Run]:
+    """The fit runs of one cross-fitting group (ids ``<group>-fold<k>``), fold 0 first; default the
+    newest group."""
+    fits = [r for r in find_runs(runs_dir, experiment, stage="fit") if "-fold" in r.id]
+    if not fits:
+        raise RunError(f"no cross-fitting fit runs (<group>-fold<k>) of {experiment} in {Path(runs_dir) / experiment}: "
+                       "run `make roi-stage1` first")
+    group = group or fits[-1].id.rsplit("-fold", 1)[0]
+    members = sorted((r for r in fits if r.id.rsplit("-fold", 1)[0] == group), key=lambda r: r.id)
+    if not members:
+        raise RunError(f"no fit runs {group}-fold<k> of {experiment} in {Path(runs_dir) / experiment}")
+    return members
+
+
+def merge_folds(parts: list[Run], runs_dir: str | Path = RUNS_DIR, experiment: str = LOCALIZER) -> Run:
+    """One ROI export (a new ``export-*`` run) from the predict runs of every fold of a cross-fit: each
+    image's crop comes from the localizer that did not train on it. Crops are copied, so the export
+    stands alone."""
+    import shutil
+    import time
+
+    from boneage.runs import RUN_FILE, claim_run_dir, write_json_atomic
+
+    folds = [_fold_of(p) for p in parts]
+    configs = [p.config() for p in parts]
+    k_of = {int(c["data"]["init_args"].get("folds") or 1) for c in configs}
+    if None in folds or len(k_of) != 1 or sorted(folds) != list(range(k_of.pop())):
+        got = ", ".join(f"{p.label} (fold {f})" for p, f in zip(parts, folds))
+        raise RunError(f"a cross-fitted export needs one predict run of each fold 0..K-1 of one K; got {got}")
+    csvs = {str(c["data"]["init_args"].get("csv_path")) for c in configs}
+    if len(csvs) != 1:
+        raise RunError(f"the fold exports read different CSVs ({', '.join(sorted(csvs))}): export every fold from one")
+    out_run = Run(claim_run_dir(Path(runs_dir) / experiment, "export"))
+    out = out_run.path / "roi_dataset"
+    (out / "crops").mkdir(parents=True)
+    tables = []
+    for part in parts:
+        src = part.path / "roi_dataset"
+        table = pd.read_csv(src / "labels.csv")
+        for name in table["image"]:
+            shutil.copy2(src / name, out / name)
+        tables.append(table)
+    merged = pd.concat(tables, ignore_index=True)
+    merged = merged.sort_values(["split", "image"], key=lambda c: c.map({"train": 0, "val": 1, "test": 2})
+                                if c.name == "split" else c, kind="stable")
+    if merged["image"].duplicated().any():
+        raise RunError(f"the fold exports overlap ({merged['image'][merged['image'].duplicated()].iloc[0]}): "
+                       "were they made with the same folds?")
+    merged.to_csv(out / "labels.csv", index=False)
+    for extra in (parts[0].path / "roi_dataset").glob("*.json"):
+        shutil.copy2(extra, out / extra.name)
+    write_json_atomic(out_run.path / RUN_FILE, {
+        "id": out_run.id, "experiment": experiment, "stage": "export", "status": "finished",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "created_ts": time.time(), "folds": len(parts),
+        "parts": [p.id for p in parts], "source_runs": [p.info.get("source_run") for p in parts]})
+    print(f"cross-fitted ROI export {out_run.label}: {len(merged)} crops from {len(parts)} fold localizers "
+          f"({', '.join(str(p.info.get('source_run')) for p in parts)})")
+    return out_run
+
+
+# --- localization against a phantom's truth (analysis only: the system never reads it) -----
+
+def truth_file(export_dir: Path) -> Path | None:
+    """The ``phantom_truth.csv`` of the data set an export was cropped from, when there is one."""
+    import json
+
+    meta = export_dir / "phantom.json"
+    if not meta.is_file():
+        return None
+    root = json.loads(meta.read_text()).get("extra", {}).get("roi_export_of")
+    path = Path(root or "") / "phantom_truth.csv"
+    return path if root and path.is_file() else None
+
+
+def localization(rows: pd.DataFrame, truth_csv: str | Path) -> pd.DataFrame:
+    """Per exported crop: whether the heat map's peak lies in the true region (``hit``) and the share of
+    the true region the crop covers (``coverage``). ``rows``: an export's labels.csv."""
+    truth_csv = Path(truth_csv)
+    truth = pd.read_csv(truth_csv)
+    truth["source"] = [str((truth_csv.parent / p).resolve()) for p in truth["image"]]
+    rows = rows.assign(source=[str(Path(p).resolve()) for p in rows["source"]])
+    merged = rows.merge(truth.drop(columns=["image", "age_years", "sex"], errors="ignore"), on="source",
+                        how="inner", validate="one_to_one")
+    if len(merged) < len(rows):
+        raise RunError(f"{len(rows) - len(merged)} exported images are not in {truth_csv}: "
+                       "was the export made from another data set?")
+    iw = (np.minimum(merged.x1, merged.roi_x1) - np.maximum(merged.x0, merged.roi_x0)).clip(lower=0)
+    ih = (np.minimum(merged.y1, merged.roi_y1) - np.maximum(merged.y0, merged.roi_y0)).clip(lower=0)
+    area = (merged.roi_x1 - merged.roi_x0) * (merged.roi_y1 - merged.roi_y0)
+    merged["coverage"] = iw * ih / area
+    merged["hit_strict"] = ((merged.peak_x >= merged.roi_x0) & (merged.peak_x < merged.roi_x1)
+                            & (merged.peak_y >= merged.roi_y0) & (merged.peak_y < merged.roi_y1))
+    # A heat map is known to one cell of its grid (10 x 32 cells for ResNet50 on 300 x 1000), and an
+    # upsampled Grad-CAM map sits up to about a cell up-left of its features' true centre (the
+    # resize places cell i's value at the cell's centre, a stride-s stack of padded convolutions
+    # centres it near s*i): a peak within one cell of the true region is a hit.
+    if {"grid_w", "grid_h"} <= set(merged.columns):
+        cw, ch = merged.orig_width / merged.grid_w, merged.orig_height / merged.grid_h
+    else:
+        cw = ch = 0.0
+    merged["hit"] = ((merged.peak_x >= merged.roi_x0 - cw) & (merged.peak_x < merged.roi_x1 + cw)
+                     & (merged.peak_y >= merged.roi_y0 - ch) & (merged.peak_y < merged.roi_y1 + ch))
+    merged["crop_share"] = (merged.x1 - merged.x0) * (merged.y1 - merged.y0) / (merged.orig_width * merged.orig_height)
+    return merged
+
+
+def localization_summary(scored: pd.DataFrame) -> pd.DataFrame:
+    """Hit rate and coverage per split and predicted group (``all`` rows: the whole split), with three
+    references per split: the image centre (a fixed centre crop), the mean true-region centre of the
+    training images (the best fixed guess, which knows where the region usually is) and chance (a
+    random point: the true region's share of the image)."""
+    train = scored[scored["split"] == "train"]
+    cx = float(((train.roi_x0 + train.roi_x1) / 2).mean()) if len(train) else math.nan
+    cy = float(((train.roi_y0 + train.roi_y1) / 2).mean()) if len(train) else math.nan
+    out = []
+    for split in ("train", "val", "test"):
+        part = scored[scored["split"] == split]
+        if part.empty:
+            continue
+        groups = [("all", part)] + ([(int(g), p) for g, p in part.groupby("pred_group")]
+                                    if "pred_group" in part.columns else [])
+        fixed = float(((part.roi_x0 <= cx) & (cx < part.roi_x1) & (part.roi_y0 <= cy) & (cy < part.roi_y1)).mean())
+        mx, my = part.orig_width / 2, part.orig_height / 2
+        centre = float(((part.roi_x0 <= mx) & (mx < part.roi_x1) & (part.roi_y0 <= my) & (my < part.roi_y1)).mean())
+        chance = float(((part.roi_x1 - part.roi_x0) * (part.roi_y1 - part.roi_y0)
+                        / (part.orig_width * part.orig_height)).mean())
+        for group, p in groups:
+            out.append({"split": split, "pred_group": group, "n": len(p), "hit_rate": float(p["hit"].mean()),
+                        "hit_rate_strict": float(p["hit_strict"].mean()),
+                        "coverage": float(p["coverage"].mean()), "crop_share": float(p["crop_share"].mean()),
+                        "centre_hit_rate": centre if group == "all" else math.nan,
+                        "mean_position_hit_rate": fixed if group == "all" else math.nan,
+                        "chance_hit_rate": chance if group == "all" else math.nan})
+    return pd.DataFrame(out)
+
+
+def gate(summary: pd.DataFrame, min_hit: float = 0.7, split: str = "val") -> str | None:
+    """None when the localizer's hit rate on ``split`` reaches ``min_hit``; else why and what to try."""
+    row = summary[(summary["split"] == split) & (summary["pred_group"] == "all")]
+    if row.empty:
+        return f"no {split} rows in the export: cannot check the localization"
+    hit = float(row["hit_rate"].iloc[0])
+    if hit >= min_hit:
+        return None
+    return (f"the localizer's {split} hit rate is {hit:.2f} (< {min_hit:.2f}; the image centre scores "
+            f"{float(row['centre_hit_rate'].iloc[0]):.2f}, the mean training position "
+            f"{float(row['mean_position_hit_rate'].iloc[0]):.2f}, chance {float(row['chance_hit_rate'].iloc[0]):.2f}): "
+            "its crops would mostly miss the age region. Try more epochs, a larger stage-1 input or pretrained "
+            "weights, check the figures in the export's figures/roi/, or pass ROI_FORCE=1 (--force) to go on")
+
+
+def oracle_export(data_root: str | Path, like: Run, margin: float = 0.1, runs_dir: str | Path = RUNS_DIR,
+                  experiment: str = LOCALIZER) -> Run:
+    """An ROI data set of the phantom's TRUE regions (plus ``margin`` per side) with the splits of the
+    export ``like``: stage 2 on it is the oracle row (what perfect localization would give)."""
+    import shutil
+    import sys
+    import time
+
+    from boneage.runs import RUN_FILE, claim_run_dir, write_json_atomic
+
+    root = Path(data_root)
+    truth_csv = root / "phantom_truth.csv"
+    if not truth_csv.is_file():
+        raise RunError(f"{truth_csv} not found: the oracle needs a phantom's true regions (make roi-demo makes one)")
+    rows = pd.read_csv(like.path / "roi_dataset" / "labels.csv")
+    scored = localization(rows, truth_csv)
+    out_run = Run(claim_run_dir(Path(runs_dir) / experiment, "oracle"))
+    out = out_run.path / "roi_dataset"
+    (out / "crops").mkdir(parents=True)
+    stage1 = Run(like.path.parent / like.info["parts"][0]) if like.info.get("parts") else like
+    window = (stage1.config().get("data") or {}).get("init_args", {}).get("window", "dicom")
+    window = tuple(window) if isinstance(window, list) else window
+    table = []
+    for _, r in scored.iterrows():
+        box = map_box(Box(int(r.roi_x0), int(r.roi_y0), int(r.roi_x1), int(r.roi_y1)),
+                      (int(r.orig_height), int(r.orig_width)), (int(r.orig_height), int(r.orig_width)), margin)
+        patch = crop(read_original(r.source, window), box)
+        name = f"crops/{Path(r.image).name}"
+        save_crop(out / name, patch)
+        table.append({"image": name, "age_years": r.age_years, "sex": r.sex, "source": r.source, "split": r.split,
+                      "x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1})
+    pd.DataFrame(table).to_csv(out / "labels.csv", index=False)
+    for extra in (like.path / "roi_dataset").glob("*.json"):
+        shutil.copy2(extra, out / extra.name)
+    write_json_atomic(out_run.path / RUN_FILE, {
+        "id": out_run.id, "experiment": experiment, "stage": "oracle", "status": "finished",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "created_ts": time.time(), "splits_of": like.id,
+        "margin": margin})
+    print(f"oracle ROI data set {out_run.label}: the true regions (+{margin:.0%} per side) of {len(table)} images, "
+          f"splits of {like.label}", file=sys.stderr)
+    return out_run
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print the ``labels.csv`` of an ROI export (stdout) and which runs it comes from (stderr)."""
+    """ROI export tools. Default: print the ``labels.csv`` of an export (stdout) and which runs it
+    comes from (stderr). ``folds``: print the fit run ids of a cross-fitting group. ``merge``: one
+    export from the fold exports. ``localization``: score an export against the phantom's truth,
+    write localization.csv beside it and stop (exit 3) below ``--min-hit``. ``oracle``: an export
+    of the true regions."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m boneage.analysis.roi", description=main.__doc__)
+    parser.add_argument("command", nargs="?", default="show", choices=("show", "folds", "merge", "localization",
+                                                                       "oracle"))
     parser.add_argument("--runs-dir", default=RUNS_DIR, help="root of the run directories")
     parser.add_argument("--experiment", default=LOCALIZER, help="the stage-1 experiment")
-    parser.add_argument("--run", default=None, help="export (predict) run id, prefix or directory; "
-                                                    "default: the newest")
+    parser.add_argument("--run", action="append", default=None,
+                        help="export run (show, localization, oracle: default the newest), fold predict runs "
+                             "(merge, repeated), cross-fitting group (folds)")
+    parser.add_argument("--min-hit", type=float, default=0.7, help="localization: validation hit rate to go on")
+    parser.add_argument("--force", action="store_true", help="localization: go on below --min-hit")
+    parser.add_argument("--data", default=None, help="oracle: the phantom data folder")
     args = parser.parse_args(argv)
+    one = args.run[-1] if args.run else None
     try:
-        csv, chosen = export_csv(args.runs_dir, args.run, args.experiment)
+        if args.command == "folds":
+            print(" ".join(r.id for r in fold_fit_runs(args.runs_dir, one, args.experiment)))
+            return 0
+        if args.command == "merge":
+            parts = [resolve_run(args.runs_dir, args.experiment, r, stage="predict") for r in args.run or []]
+            merge_folds(parts, args.runs_dir, args.experiment)
+            return 0
+        csv, chosen = export_csv(args.runs_dir, one, args.experiment)
+        if args.command == "oracle":
+            oracle = oracle_export(args.data or "", chosen, runs_dir=args.runs_dir, experiment=args.experiment)
+            print(oracle.path / "roi_dataset" / "labels.csv")
+            return 0
+        if args.command == "localization":
+            return _localization_command(csv, chosen, args.min_hit, args.force)
     except RunError as err:
         print(f"roi: {err}", file=sys.stderr)
         return 2
-    source = chosen.info.get("source_run") or "unknown"
-    how = "named" if args.run else "the newest"
-    print(f"ROI export: {chosen.label} ({how} export; stage-1 fit run {source}, checkpoint "
-          f"{Path(chosen.info.get('ckpt_path') or '?').name}) -> {csv}", file=sys.stderr)
+    fits = chosen.info.get("source_runs") or [chosen.info.get("source_run") or "unknown"]
+    how = "named" if one else "the newest"
+    print(f"ROI export: {chosen.label} ({how} export; stage-1 fit run{'s' if len(fits) > 1 else ''} "
+          f"{', '.join(fits)}) -> {csv}", file=sys.stderr)
     print(csv)
     return 0
+
+
+def _localization_command(csv: Path, export: Run, min_hit: float, force: bool) -> int:
+    import json
+    import sys
+
+    truth = truth_file(csv.parent)
+    if truth is None:
+        print(f"roi: {export.label} was not cropped from a phantom (no phantom_truth.csv): localization not "
+              "measured, nothing to check it against; going on", file=sys.stderr)
+        return 0
+    scored = localization(pd.read_csv(csv), truth)
+    summary = localization_summary(scored)
+    summary.to_csv(csv.parent / "localization.csv", index=False)
+    overall = summary[summary["pred_group"] == "all"].set_index("split")
+    figures = {f"{s}_{k}": round(float(overall.loc[s, c]), 4) for s in overall.index
+               for k, c in (("hit_rate", "hit_rate"), ("coverage", "coverage"))}
+    (csv.parent / "localization.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"localization of {export.label} against {truth}:")
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    why = gate(summary, min_hit)
+    if why is None:
+        return 0
+    if force:
+        print(f"roi: warning: {why} (forced: going on)", file=sys.stderr)
+        return 0
+    print(f"roi: {why}", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

@@ -132,6 +132,51 @@ def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _export_of(fit_config: dict) -> Path:
+    """The ROI data set (labels.csv) a stage-2 run read, from its own config."""
+    return Path(fit_config["data"]["init_args"]["csv_path"])
+
+
+def demo_summary(runs_dir: str | Path, data: str | Path | None = None, stage2: str = "roi_regressor_scinti",
+                 baseline: str = "roi_resnet50_scinti") -> dict:
+    """The miniature's figures: ROI pipeline and whole-image test MAE on the same test images, the
+    training-mean predictor, the noise floor, the localizer's hit rates and coverage, and the oracle
+    (stage 2 on the true regions, runs in ``<runs_dir>/oracle``) when it was run."""
+    import json
+
+    runs_dir = Path(runs_dir)
+    roi_run = result_run(runs_dir, stage2)
+    base_run = result_run(runs_dir, baseline)
+    fit = Run(roi_run.path.parent / roi_run.info["source_run"]) if roi_run.info.get("source_run") else roi_run
+    csv = _export_of(fit.config())
+    labels = pd.read_csv(csv)
+    roi_pred = roi_run.predictions()
+    source = dict(zip([str((csv.parent / p).resolve()) for p in labels["image"]], labels["source"]))
+    roi_images = sorted(str(Path(source[str(Path(p).resolve())]).resolve()) for p in roi_pred["path"])
+    base_images = sorted(str(Path(p).resolve()) for p in base_run.predictions()["path"])
+    if roi_images != base_images:
+        raise RunError(f"{roi_run.label} and {base_run.label} tested different images: give both the same CSV, "
+                       "seed and split fractions")
+    train_mean = float(labels.loc[labels["split"] == "train", "age_years"].mean())
+    out = {"roi_mae": run_mae(roi_run), "whole_image_mae": run_mae(base_run),
+           "mean_predictor_mae": float((roi_pred["true_years"] - train_mean).abs().mean()),
+           "n_test": len(roi_pred), "roi_run": roi_run.label, "whole_image_run": base_run.label,
+           "export": str(csv.parent.parent.name)}
+    meta = read_metadata(data) if data else None
+    if meta is not None:
+        out["noise_floor"] = float(meta["noise_floor_mae"])
+    loc = csv.parent / "localization.json"
+    if loc.is_file():
+        figures = json.loads(loc.read_text())
+        out |= {k: figures[k] for k in ("train_hit_rate", "val_hit_rate", "test_hit_rate", "test_coverage")
+                if k in figures}
+    try:
+        out["oracle_mae"] = run_mae(result_run(runs_dir / "oracle", stage2))
+    except RunError:
+        pass
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", default=RUNS_DIR, help="root of the run directories")
@@ -142,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", action="store_true", help="add the paper's numbers as columns")
     parser.add_argument("--data", default=None,
                         help="data folder; a phantom.json there adds its noise floor under the table")
+    parser.add_argument("--summary", default=None,
+                        help="also write the miniature's summary JSON here (ROI vs whole image, mean predictor, "
+                             "noise floor, localization, oracle)")
     args = parser.parse_args(argv)
     try:
         named = named_runs(args.run)
@@ -172,6 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"Table 1 written to {args.out}")
+    if args.summary:
+        import json
+
+        try:
+            summary = demo_summary(args.runs_dir, args.data)
+        except (RunError, KeyError) as err:
+            print(f"roi_tables: no summary: {err}", file=sys.stderr)
+            return 2
+        Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"\nsummary ({args.summary}):")
+        for key, value in summary.items():
+            print(f"  {key:20s} {value:.2f}" if isinstance(value, float) else f"  {key:20s} {value}")
     return 0
 
 

@@ -48,12 +48,17 @@ class AgeGroupClassifier(nn.Module):
         in_chans: image channels.
         cam_layer: dotted name of the Grad-CAM layer inside the backbone; default its last
             feature stage.
+        output_stride: the backbone's total stride (timm's dilation: 8, 16 or 32); None keeps the
+            model's own (32 for ResNet50). A miniature uses it to keep the paper's heat-map grid on a
+            smaller input: ResNet50's last stage on 300 x 1000 gives 10 x 32 cells, as does a stride-8
+            last stage on 80 x 256.
     """
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 4, pretrained_path: str | None = None,
-                 in_chans: int = 1, cam_layer: str | None = None) -> None:
+                 in_chans: int = 1, cam_layer: str | None = None, output_stride: int | None = None) -> None:
         super().__init__()
-        self.backbone = create_backbone(backbone, in_chans=in_chans, pretrained_path=pretrained_path)
+        extra = {} if output_stride is None else {"output_stride": output_stride}
+        self.backbone = create_backbone(backbone, in_chans=in_chans, pretrained_path=pretrained_path, **extra)
         self.fc = nn.Linear(_feature_width(self.backbone), num_classes)
         self.num_classes = num_classes
         if cam_layer is None:

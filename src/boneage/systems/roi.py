@@ -9,15 +9,25 @@ the source split, so stage 2 trains and tests on exactly the same images as stag
 
 Choices where the paper is silent:
 
-- Grad-CAM target: the predicted class (labels are unknown at inference; using the predicted
-  class everywhere keeps train, val and test crops made the same way).
-- Checkpoint selection: best validation accuracy (``val/acc``).
+- Grad-CAM target (``cam_target``): the paper says "the age group"; labels are unknown at
+  inference, so the map is of what the network predicts. ``expected_age`` (default) takes the
+  expected age under the softmax (probabilities times group centres): both age cues grow with age,
+  so for the youngest group the predicted-class score weighs the age region negatively, ReLU
+  removes it and min-max scaling magnifies the rest (skull, text marker); the expected age points
+  at the age region for every group (docs/roi.md gives the measured hit rates). ``predicted``: the
+  predicted class's logit, the literal reading.
+- Checkpoint selection (``monitor``): validation loss (``val/loss``); accuracy on a few hundred
+  images moves in steps of a few tenths of a percent and picks lucky epochs.
 - Optimizer: Adam lr 1e-4 (the paper gives Adam, batch 32, lr 1e-4 for "the implementation").
 - Where the ROI data set goes: ``<predict run>/roi_dataset/`` (``lightning_logs/<exp>/predict-<id>/``),
   one per export, never shared: the run's run.json names the stage-1 fit run and checkpoint it
   came from, and stage 2 takes an export by run (``boneage.analysis.roi.export_csv``).
 - Empty masks keep the whole image (see boneage.analysis.roi); several blobs: the one holding
   the heat map's peak.
+
+The export records per crop the predicted group and the heat map's peak; how well that localizes
+is measured outside the system, against a phantom's truth (``python -m boneage.analysis.roi
+localization``): the system never reads ground truth.
 """
 
 from __future__ import annotations
@@ -27,7 +37,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -39,7 +48,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from boneage.analysis.gradcam import grad_cam
 from boneage.analysis.roi import RoiExporter
 from boneage.models.roi import AgeGroupClassifier
-from boneage.phantoms.common import METADATA_FILE, TRUTH_FILE
+from boneage.phantoms.common import METADATA_FILE
 from boneage.systems.base import figures_dir, run_dir
 
 SPLITS = ("train", "val", "test")
@@ -64,10 +73,9 @@ class AgeGroupLocalizer(pl.LightningModule):
         margin: widen each box by this fraction of its size per side.
         roi_dir: where the ROI data set is written; default ``<predict run dir>/roi_dataset``.
         max_figures: Fig. 3 figures to draw (None: one per sample, 0: none).
+        cam_target: "expected_age" (default) or "predicted" (the predicted class's logit).
+        monitor: checkpoint selection metric, "val/loss" (default, lowest) or "val/acc" (highest).
     """
-
-    monitor = "val/acc"
-    mode = "max"
 
     def __init__(
         self,
@@ -81,6 +89,8 @@ class AgeGroupLocalizer(pl.LightningModule):
         margin: float = 0.0,
         roi_dir: str | None = None,
         max_figures: int | None = None,
+        cam_target: str = "expected_age",
+        monitor: str = "val/loss",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"])
@@ -91,10 +101,16 @@ class AgeGroupLocalizer(pl.LightningModule):
         if blobs not in ("peak", "largest", "union") or empty not in ("full", "peak", "raise"):
             raise ValueError(f"blobs must be peak/largest/union and empty full/peak/raise, "
                              f"got {blobs!r}, {empty!r}")
+        if cam_target not in ("expected_age", "age_direction", "predicted") or monitor not in ("val/loss", "val/acc"):
+            raise ValueError(f"cam_target must be expected_age/predicted and monitor val/loss/val/acc, "
+                             f"got {cam_target!r}, {monitor!r}")
+        self.monitor, self.mode = monitor, ("min" if monitor == "val/loss" else "max")
         self.network = network
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.register_buffer("inner_edges", torch.tensor(edges[1:-1], dtype=torch.float32))
+        self.register_buffer("centres", torch.tensor([(a + b) / 2 for a, b in zip(edges, edges[1:])]),
+                             persistent=False)
         accuracy = MulticlassAccuracy(num_classes=network.num_classes, average="micro")
         metrics = MetricCollection({"acc": accuracy})
         self.train_metrics = metrics.clone(prefix="train/")
@@ -184,17 +200,40 @@ class AgeGroupLocalizer(pl.LightningModule):
         table = dm.table(split)
         was_training = self.network.training
         self.network.eval()
-        logits = self.network(batch["image"]).detach()
+        grid: list[tuple[int, int]] = []
+        hook = self.network.cam_layer.register_forward_hook(lambda _m, _i, out: grid.append(tuple(out.shape[-2:])))
+        try:
+            logits = self.network(batch["image"]).detach()
+        finally:
+            hook.remove()
         pred = logits.argmax(dim=1)
-        cams = grad_cam(self.network, self.network.cam_layer, batch["image"], pred).float().cpu().numpy()
+        target = {"expected_age": self.expected_age, "age_direction": self.age_direction,
+                  "predicted": pred}[self.hparams.cam_target]
+        cams = grad_cam(self.network, self.network.cam_layer, batch["image"], target).float().cpu().numpy()
         self.network.train(was_training)
         offset = self._split_offset(split, dm)
         for k, i in enumerate(batch["index"].tolist()):
             row = table.iloc[i]
             sex = "" if pd.isna(row["sex"]) else ("M" if float(row["sex"]) > 0.5 else "F")
             source = dm.source(row) if hasattr(dm, "source") else row["path"]  # a scan's one or two files
-            self._exporter.add(source, float(row["age"]), sex, cams[k], order=offset + i, split=split)
+            # the heat map's grid: its peak is only known to about a cell (boneage.analysis.roi.localization)
+            self._exporter.add(source, float(row["age"]), sex, cams[k], order=offset + i, split=split,
+                               pred_group=int(pred[k]), fold=self._fold(dm), grid_h=grid[0][0], grid_w=grid[0][1])
         return {"pred_group": pred.cpu(), "index": batch["index"].cpu()}
+
+    def expected_age(self, logits: torch.Tensor) -> torch.Tensor:
+        """Expected age under the softmax: the Grad-CAM score of ``cam_target="expected_age"``."""
+        return logits.float().softmax(dim=1) @ self.centres.to(logits.device)
+
+    def age_direction(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits projected on the centred group centres: an age score that, unlike the softmax's
+        expected age, does not flatten when one group's probability nears 1."""
+        centres = self.centres.to(logits.device)
+        return logits.float() @ (centres - centres.mean())
+
+    @staticmethod
+    def _fold(dm: Any) -> int:
+        return int(getattr(dm, "fold", None) or 0)
 
     def _split_offset(self, split: str, dm: Any) -> int:
         """Crops are numbered train, then val, then test, so names are unique across splits."""
@@ -218,30 +257,6 @@ class AgeGroupLocalizer(pl.LightningModule):
             meta["extra"] = {**meta.get("extra", {}), "roi_export_of": str(root)}
             extra[METADATA_FILE] = json.dumps(meta, indent=2) + "\n"
         csv = self._exporter.finish(extra)
-        quality = self._score_against_truth(root / TRUTH_FILE)
-        print(self._exporter.summary() + (f"; {quality}" if quality else ""))
-        (run_dir(self.trainer) / "roi_export.txt").write_text(f"{csv}\n{quality}\n")
+        print(self._exporter.summary())
+        (run_dir(self.trainer) / "roi_export.txt").write_text(f"{csv}\n")
         self._exporter = None
-
-    def _score_against_truth(self, truth_csv: Path) -> str:
-        """For phantoms: how much of the true age region the crops cover (mean over images)."""
-        if not truth_csv.is_file():
-            return ""
-        truth = pd.read_csv(truth_csv)
-        needed = {"image", "roi_x0", "roi_y0", "roi_x1", "roi_y1"}
-        if not needed <= set(truth.columns):
-            return ""
-        truth["source"] = [str((truth_csv.parent / p).resolve()) for p in truth["image"]]
-        rows = pd.DataFrame(self._exporter.rows)
-        rows["source"] = [str(Path(p).resolve()) for p in rows["source"]]
-        merged = rows.merge(truth, on="source", how="inner")
-        if merged.empty:
-            return ""
-        inter_w = (np.minimum(merged.x1, merged.roi_x1) - np.maximum(merged.x0, merged.roi_x0)).clip(lower=0)
-        inter_h = (np.minimum(merged.y1, merged.roi_y1) - np.maximum(merged.y0, merged.roi_y0)).clip(lower=0)
-        true_area = (merged.roi_x1 - merged.roi_x0) * (merged.roi_y1 - merged.roi_y0)
-        crop_area = (merged.x1 - merged.x0) * (merged.y1 - merged.y0)
-        coverage = (inter_w * inter_h / true_area).mean()
-        frac = (crop_area / (merged.orig_width * merged.orig_height)).mean()
-        return (f"crops cover {coverage:.0%} of the true age region on average and are {frac:.0%} "
-                "of the image area")
