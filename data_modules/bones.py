@@ -25,7 +25,6 @@ import pandas as pd
 from data_modules.base import DataError
 from data_modules.hospital import HospitalCSVDataModule
 
-GROUP_NAMES = ("[0-3]", "[4-7]", "[8-11]", "[12-15]", "[16-19]")
 # (val, test) shares of the paper's splits: femur 32 and 62 of 317, phalange 717 and 1,433 of 7,165
 PAPER_SPLITS = {"femur": (32 / 317, 62 / 317), "phalange": (717 / 7165, 1433 / 7165)}
 PAPER_AUGMENT: list[dict[str, Any]] = [
@@ -86,9 +85,16 @@ class BoneCropDataModule(HospitalCSVDataModule):
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(f"{self.csv_path}: row {i + 2} has {self.age_col} = {table['age'].iloc[i]}, "
-                            f"outside the {self.n_groups} age groups [0, {limit:g}) years; remove the row "
-                            "or change data.init_args.n_groups / age_group_years")
+                            f"outside the {self.n_groups} age groups [0, {limit:g}) years; remove the row, or "
+                            "widen the groups in the data and the model alike (data.init_args.n_groups and "
+                            "age_group_years, model.init_args.network.init_args.n_groups and "
+                            "model.init_args.age_group_years: the system refuses groups that differ)")
         return table
+
+    def group_names(self) -> list[str]:
+        """``[0-3]``, ``[4-7]``, ... for the paper's 4-year groups (whole years, ends included)."""
+        w = self.age_group_years
+        return [f"[{k * w:g}-{(k + 1) * w - 1:g}]" for k in range(self.n_groups)]
 
     def age_group(self, age: np.ndarray) -> np.ndarray:
         return np.minimum((np.asarray(age) // self.age_group_years).astype(int), self.n_groups - 1)
@@ -99,7 +105,7 @@ class BoneCropDataModule(HospitalCSVDataModule):
         if first:
             counts = {split: np.bincount(self.age_group(self._tables[split]["age"]), minlength=self.n_groups)
                       for split in ("train", "val", "test")}
-            self.group_sizes = pd.DataFrame(counts, index=list(GROUP_NAMES[: self.n_groups])).T
+            self.group_sizes = pd.DataFrame(counts, index=self.group_names()).T
             self.group_sizes["total"] = self.group_sizes.sum(1)
             print(f"{self.bone} crops from {self.csv_path}: images per age group and split\n"
                   f"{self.group_sizes.to_string()}")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from boneage.analysis import bapgan_vtt as vtt
@@ -126,14 +127,20 @@ def test_fid_randconv_ranks_sets_and_inception_needs_a_file(tmp_path: Path) -> N
 
 
 def _run(root: Path, exp: str, rid: str, t: float, stage: str = "fit", source: str | None = None,
-         metrics: list[dict] | None = None) -> str:
-    """A run directory as ``boneage`` writes it (run.json, metrics.csv), created at time ``t``."""
+         metrics: list[dict] | None = None, flags: tuple[bool, float, bool] | None = None) -> str:
+    """A run directory as ``boneage`` writes it (run.json, metrics.csv, config.yaml with the model's
+    ``flags`` = (age_discriminator, label_smoothing, self_attention)), created at time ``t``."""
     folder = root / exp / rid
     folder.mkdir(parents=True)
     info = {"id": rid, "experiment": exp, "stage": stage, "created_ts": t}
     if source:
         info["source_run"] = source
     (folder / "run.json").write_text(json.dumps(info))
+    if flags is not None:
+        net = {"age_discriminator": flags[0], "self_attention": flags[2]}
+        model = {"class_path": "boneage.systems.bapgan.BAPGANSystem",
+                 "init_args": {"label_smoothing": flags[1], "network": {"init_args": net}}}
+        (folder / "config.yaml").write_text(yaml.safe_dump({"model": model}))
     if metrics is not None:
         pd.DataFrame(metrics).to_csv(folder / "metrics.csv", index=False)
     return rid
@@ -143,10 +150,12 @@ def test_table1_reads_each_experiments_fit_run_and_its_newest_test(tmp_path: Pat
     from boneage.analysis.bapgan_table1 import main, table1
     from boneage.runs import RunError
 
-    old = _run(tmp_path, "bapgan_femur", "20260101-000000-aaaa", 1)
+    paper = (True, 0.2, True)
+    old = _run(tmp_path, "bapgan_femur", "20260101-000000-aaaa", 1, flags=paper)
     _run(tmp_path, "bapgan_femur", "test-20260101-010000-aaaa", 2, "test", old,
          [{"step": 3, "test/fid_randconv": 50.0}])
-    new = _run(tmp_path, "bapgan_femur", "20260102-000000-bbbb", 3, metrics=[{"step": 9, "train/recon_l2": 0.1}])
+    new = _run(tmp_path, "bapgan_femur", "20260102-000000-bbbb", 3, metrics=[{"step": 9, "train/recon_l2": 0.1}],
+               flags=paper)
     first = _run(tmp_path, "bapgan_femur", "test-20260102-010000-bbbb", 4, "test", new,
                  [{"step": 9, "test/fid_randconv": 45.0}])
     # a predict run (no true ages, no FID) between and after the test runs: never a test result
@@ -156,7 +165,9 @@ def test_table1_reads_each_experiments_fit_run_and_its_newest_test(tmp_path: Pat
     _run(tmp_path, "bapgan_femur", "predict-20260102-040000-bbbb", 7, "predict", new, [{"step": 9}])
     (tmp_path / "bapgan_femur" / "version_0").mkdir()                   # the old layout is not read
     pd.DataFrame([{"test/fid_randconv": 1.0}]).to_csv(tmp_path / "bapgan_femur" / "version_0" / "metrics.csv")
-    caae = _run(tmp_path, "bapgan_caae_femur", "20260101-000000-cccc", 1)
+    caae = _run(tmp_path, "bapgan_caae_femur", "20260101-000000-cccc", 1, flags=(False, 0.0, False))
+    # an SA run trained with the D_age head switched on: the marks say what the run had, with a note
+    _run(tmp_path, "bapgan_caae_sa_femur", "20260101-000000-ffff", 0.5, flags=(True, 0.0, True))
     _run(tmp_path, "bapgan_caae_femur", "test-20260101-010000-cccc", 2, "test", caae,
          [{"step": 3, "test/fid_randconv": 70.0}])
 
@@ -165,7 +176,12 @@ def test_table1_reads_each_experiments_fit_run_and_its_newest_test(tmp_path: Pat
     assert table.loc["bapgan_femur", "scope"] == "test split"
     assert table.loc["bapgan_caae_femur", "FID"] == 70.0
     assert np.isnan(table.loc["bapgan_phalange", "FID"]) and table.loc["bapgan_phalange", "run"] == ""
-    assert table.loc["bapgan_caae_sa_femur", "SA"] and not table.loc["bapgan_caae_sa_femur", "D_age"]
+    marks = table[["D_age", "LS", "SA"]]
+    assert marks.loc["bapgan_femur"].tolist() == [True, True, True]
+    assert marks.loc["bapgan_caae_femur"].tolist() == [False, False, False]
+    assert marks.loc["bapgan_caae_sa_femur"].tolist() == [True, False, True]
+    assert "D_age on, LS off, SA on" in table.loc["bapgan_caae_sa_femur", "note"]
+    assert table.loc["bapgan_femur", "note"] == "" and table.loc["bapgan_phalange", "D_age"] is None
     # a named fit run, or a named test run, instead of the newest
     assert table1(tmp_path, {"bapgan_femur": old}).set_index("experiment").loc["bapgan_femur", "FID"] == 50.0
     assert table1(tmp_path, {"bapgan_femur": first}).set_index("experiment").loc["bapgan_femur", "FID"] == 45.0
@@ -173,8 +189,10 @@ def test_table1_reads_each_experiments_fit_run_and_its_newest_test(tmp_path: Pat
     summary = tmp_path / "bapgan_femur" / new / "bapgan_eval" / "fid.json"
     summary.parent.mkdir()
     summary.write_text('{"metric": "fid_randconv", "value": 33.0, "scope": "all splits"}')
+    (summary.parent / "age.json").write_text('{"accuracy": 0.4, "real_accuracy": 0.75}')
     row = table1(tmp_path).set_index("experiment").loc["bapgan_femur"]
     assert row["FID"] == 33.0 and row["scope"] == "all splits"
+    assert row["age acc %"] == pytest.approx(40.0) and row["age acc real %"] == pytest.approx(75.0)
     # a newer fit run not evaluated yet is the default: no FID, and the table says so
     _run(tmp_path, "bapgan_femur", "20260103-000000-dddd", 8)
     assert np.isnan(table1(tmp_path).set_index("experiment").loc["bapgan_femur", "FID"])
@@ -182,6 +200,7 @@ def test_table1_reads_each_experiments_fit_run_and_its_newest_test(tmp_path: Pat
     out = capsys.readouterr().out
     assert "using run bapgan_femur/20260103-000000-dddd (the newest fit run)" in out
     assert "no FID yet" in out and "bapgan_femur" in out.split("no FID yet")[1]
+    assert "note: bapgan_caae_sa_femur/20260101-000000-ffff is listed as '+ SA'" in out
     assert main(["--runs-dir", str(tmp_path), "--run", f"bapgan_femur/{new}"]) == 0
     assert "33.0" in capsys.readouterr().out
     # a run that is not there, or FIDs of two feature extractors: one clear line / a refusal
@@ -192,3 +211,66 @@ def test_table1_reads_each_experiments_fit_run_and_its_newest_test(tmp_path: Pat
          [{"step": 3, "test/fid_inception": 120.0}])
     with pytest.raises(RunError, match="different FID feature extractors"):
         table1(tmp_path)
+
+
+def test_vtt_takes_the_papers_counts_from_test_then_val_then_train() -> None:
+    from boneage.analysis.bapgan_eval import pick_vtt_images
+
+    rng = np.random.default_rng(0)
+    # the paper's femur split: 223 / 32 / 62 images; groups drawn in its proportions (42/47/56/130/42)
+    groups = {s: rng.choice(5, size=n, p=np.array([42, 47, 56, 130, 42]) / 317)
+              for s, n in (("train", 223), ("val", 32), ("test", 62))}
+    picks, shortfalls = pick_vtt_images(groups, 5, seed=1)
+    assert shortfalls == []
+    shown = picks["real"] + picks["synthetic"]
+    assert (len(picks["real"]), len(picks["synthetic"])) == (50, 50) and len(set(shown)) == 100
+    assert [s for s, _ in shown] == ["test"] * 62 + ["val"] * 32 + ["train"] * 6
+    assert (len(picks["progression"]), len(picks["regression"])) == (25, 25)
+    assert all(groups[s][i] <= 2 for s, i in picks["progression"])     # two groups (8 years) up
+    assert all(groups[s][i] >= 2 for s, i in picks["regression"])
+    assert not set(picks["progression"]) & set(picks["regression"])
+    assert picks == pick_vtt_images(groups, 5, seed=1)[0] != pick_vtt_images(groups, 5, seed=2)[0]
+    # a data set that cannot supply the counts: what there is, in proportion, and a line per shortfall
+    small = {"train": np.array([4, 4, 3, 3]), "val": np.array([0]), "test": np.array([1, 0])}
+    picks, shortfalls = pick_vtt_images(small, 5, seed=0)
+    assert (len(picks["real"]), len(picks["synthetic"])) == (4, 3)
+    assert (len(picks["progression"]), len(picks["regression"])) == (3, 4)
+    assert len(shortfalls) == 3
+    assert shortfalls[0].startswith("realism: 7 images in the pool (test 2+val 1+train 4)")
+    assert "exporting 4 + 3" in shortfalls[0] and "progression: 3 pairs" in shortfalls[1]
+
+
+class _Painter(torch.nn.Module):
+    """Stands in for BAPGAN: E keeps the image; G paints it with the brightness of the target group
+    (``follow=True``) or returns it unchanged (a generator that ignores the age label)."""
+
+    def __init__(self, follow: bool) -> None:
+        super().__init__()
+        self.follow = follow
+        self.encoder = torch.nn.Identity()
+
+    def generator(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if not self.follow:
+            return z
+        level = label.argmax(1).float() / 4 * 2 - 1
+        return level[:, None, None, None].expand_as(z).contiguous()
+
+
+def test_age_accuracy_of_generated_images_against_hand_counts() -> None:
+    from boneage.analysis.bapgan_age import generated_age_accuracy
+
+    true = torch.tensor([0, 1, 1, 3, 3, 3, 4, 2])
+    images = (true.float() / 4 * 2 - 1)[:, None, None, None].expand(-1, 1, 8, 8)
+    # an age model reading the brightness: group k -> age 4 k + 2 years
+    read_age = lambda x: ((x.mean((1, 2, 3)) + 1) / 2 * 4).round() * 4 + 2  # noqa: E731
+    good = generated_age_accuracy(_Painter(True), read_age, images, true, 5, 4.0, batch_size=3)
+    assert good["accuracy"] == 1.0 and good["per_target"] == [1.0] * 5 and good["real_accuracy"] == 1.0
+    assert good["mean_age"] == pytest.approx([2.0, 6.0, 10.0, 14.0, 18.0])
+    # a generator ignoring the label: each render keeps the source's group
+    lazy = generated_age_accuracy(_Painter(False), read_age, images, true, 5, 4.0, batch_size=3)
+    assert lazy["per_target"] == pytest.approx([1 / 8, 2 / 8, 1 / 8, 3 / 8, 1 / 8])
+    assert lazy["accuracy"] == pytest.approx(8 / 40)
+    assert np.array(lazy["confusion"])[:, 3].tolist() == [3] * 5   # every target estimated [12-15] 3 times
+    # an age model whose predictions fall below 0 years puts them in the first group
+    young = generated_age_accuracy(_Painter(True), lambda x: x.mean((1, 2, 3)) * 0 - 1, images, true, 5, 4.0)
+    assert young["per_target"] == [1.0, 0.0, 0.0, 0.0, 0.0] and young["real_accuracy"] == pytest.approx(1 / 8)

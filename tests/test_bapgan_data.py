@@ -58,7 +58,13 @@ def test_ages_outside_the_groups_name_the_row(tmp_path: Path, femur_csv: Path) -
     table["image"] = [str(femur_csv.parent / p) for p in table.image]
     bad = tmp_path / "labels.csv"
     table.to_csv(bad, index=False)
-    with pytest.raises(DataError, match=r"row 7 has age_years = 23.0, outside the 5 age groups"):
+    with pytest.raises(DataError, match=r"row 7 has age_years = 23.0, outside the 5 age groups") as err:
         FemurDataModule(csv_path=str(bad)).setup("fit")
+    # the hint widens the groups of the model too, never of the data alone (the system refuses a mismatch)
+    assert "model.init_args.network.init_args.n_groups" in str(err.value)
+    assert "model.init_args.age_group_years" in str(err.value)
+    wider = FemurDataModule(csv_path=str(bad), n_groups=6)
+    wider.setup("fit")
+    assert wider.group_names()[-1] == "[20-23]" and wider.group_sizes.loc[:, "[20-23]"].sum() == 1
     with pytest.raises(ValueError, match="bone must be one of"):
         BoneCropDataModule(csv_path=str(bad), bone="tibia")

@@ -35,18 +35,18 @@ def test_evaluation_commands(tmp_path: Path, run_cli) -> None:
     assert summary["metric"] == "fid_randconv" and summary["n_images"] == 120 and summary["value"] > 0
     assert bapgan_eval.main(["figures", *one, "--run", run.name]) == 0
     assert (run / "bapgan_eval" / "progression_grid.png").is_file()
-    assert bapgan_eval.main(["vtt", *one, "--n_real", "4", "--n_pairs", "3"]) == 0
+    assert bapgan_eval.main(["vtt", *one, "--n_real", "4", "--n_synthetic", "4", "--n_pairs", "3"]) == 0
     key = pd.read_csv(run / "vtt" / "answer_key" / "realism.csv")
-    assert sorted(set(key.truth)) == ["R", "S"]
+    assert sorted(key.truth.value_counts().tolist()) == [4, 4]
     assert len(list((run / "vtt" / "readers" / "realism").glob("*.png"))) == len(key)
     assert json.loads((run / "vtt" / "answer_key" / "study.json").read_text())["run"] == run.name
     perfect = tmp_path / "perfect"   # a reader who is always right, scored from the run's study
     perfect.mkdir()
     key.rename(columns={"truth": "answer"})[["case", "answer"]].to_csv(perfect / "realism_sheet.csv", index=False)
-    for task in bapgan_vtt.TASKS:
-        if (run / "vtt" / "answer_key" / f"{task}.csv").is_file():
-            pd.read_csv(run / "vtt" / "answer_key" / f"{task}.csv")[["pair", "answer"]].to_csv(
-                perfect / f"{task}_sheet.csv", index=False)
+    for task in bapgan_vtt.TASKS:   # 120 images hold 3 pairs of each task
+        pairs = pd.read_csv(run / "vtt" / "answer_key" / f"{task}.csv")
+        assert len(pairs) == 3
+        pairs[["pair", "answer"]].to_csv(perfect / f"{task}_sheet.csv", index=False)
     assert bapgan_vtt.main(["score", "--runs-dir", str(runs), "--experiment", "bapgan_femur",
                             "--reader", f"P={perfect}"]) == 0
     assert pd.read_csv(run / "vtt" / "scores" / "table2.csv").loc[0, "accuracy"] == 100.0

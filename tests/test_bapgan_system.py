@@ -21,8 +21,15 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def loader(tmp_path_factory: pytest.TempPathFactory) -> torch.utils.data.DataLoader:
-    return _tiny_loader(tmp_path_factory.mktemp("femur"))
+def femur_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("femur")
+    render(root, n=64, seed=0, bone="femur", size=48, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def loader(femur_root: Path) -> torch.utils.data.DataLoader:
+    return _tiny_loader(femur_root)
 
 
 def _tiny_loader(root: str | Path) -> torch.utils.data.DataLoader:
@@ -132,12 +139,26 @@ def test_test_stage_logs_fid_and_writes_the_progression_grid(loader, tmp_path) -
     assert list(Path(tmp_path).rglob("progression_grid.png"))
 
 
-def test_bf16_mixed_runs(loader) -> None:
+def test_bf16_mixed_runs_the_networks_in_bf16_and_keeps_float32_weights(loader) -> None:
     system = _system()
+    dtypes: set[torch.dtype] = set()
+    system.network.generator.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
     trainer = _trainer(2, precision="bf16-mixed")
     trainer.fit(system, loader)
     assert trainer.global_step == 6
-    assert all(torch.isfinite(p).all() for p in system.parameters())
+    assert dtypes == {torch.bfloat16}   # autocast reached the generator in every training forward
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in system.parameters())
+
+
+def test_setup_refuses_data_with_other_age_groups(femur_root: Path) -> None:
+    from data_modules.base import DataError
+
+    dm = FemurDataModule(csv_path=str(femur_root / "labels.csv"), image_size=(32, 32), batch_size=16,
+                         num_workers=0, n_groups=6)
+    keys = (r"data.init_args.n_groups = 6, data.init_args.age_group_years = 4 but "
+            r"model.init_args.network.init_args.n_groups = 5, model.init_args.age_group_years = 4")
+    with pytest.raises(DataError, match=keys):
+        _trainer(1).fit(_system(), datamodule=dm)
 
 
 DDP_SCRIPT = """

@@ -6,11 +6,18 @@ with ``--run EXP=ID``) and reads, in this order:
 1. the whole-data-set FID written by ``python -m boneage.analysis.bapgan_eval fid`` into the
    fit run (``<run>/bapgan_eval/fid.json``, the paper's protocol);
 2. else the ``test/fid_*`` value of the run's newest test evaluation holding one
-   (``boneage test --run ID --ckpt_path best``: test split only; the ``scope`` column says which).
+   (``boneage test --run ID --ckpt_path last``: test split only; the ``scope`` column says which).
 
 ``--run EXP=ID`` may also name a test run (``test-...``): its FID is used as it is. Predict runs
 are never read. FIDs made with different feature extractors are never put in one column: a
 table mixing them is refused.
+
+The check marks (D_age, LS, SA) are read from each run's saved hyper-parameters (its
+``config.yaml``): ``network.init_args.age_discriminator``, ``label_smoothing > 0`` and
+``network.init_args.self_attention``; a run whose flags are not its row's in the paper is
+listed with a note. Beside the FID, the age accuracy of generated images
+(``bapgan_eval age``, ``<run>/bapgan_eval/age.json``; the paper has no such column) and the
+same age model's accuracy on the real test images.
 
     python -m boneage.analysis.bapgan_table1 [--runs-dir lightning_logs] [--run EXP=ID ...] [--out table1.csv]
 """
@@ -18,6 +25,7 @@ table mixing them is refused.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Mapping
@@ -27,13 +35,14 @@ import pandas as pd
 
 from boneage.runs import RUN_FILE, RUNS_DIR, Run, RunError, find_runs, resolve_run
 
-# (row label, experiment method name, D_age, LS, SA), in the paper's order
+# (row label, experiment method name, the paper's (D_age, LS, SA) for the row), in the paper's order
 ROWS = (
-    ("CAAE", "bapgan_caae", False, False, False),
-    ("+ D_age, LS", "bapgan_caae_age_ls", True, True, False),
-    ("+ SA", "bapgan_caae_sa", False, False, True),
-    ("BAPGAN", "bapgan", True, True, True),
+    ("CAAE", "bapgan_caae", (False, False, False)),
+    ("+ D_age, LS", "bapgan_caae_age_ls", (True, True, False)),
+    ("+ SA", "bapgan_caae_sa", (False, False, True)),
+    ("BAPGAN", "bapgan", (True, True, True)),
 )
+FLAGS = ("D_age", "LS", "SA")
 DATASETS = ("femur", "phalange")
 PAPER_FID = {   # the paper's Table 1, for side-by-side reading
     ("femur", "CAAE"): 125.82, ("femur", "+ D_age, LS"): 121.12, ("femur", "+ SA"): 148.13,
@@ -88,6 +97,39 @@ def run_fid(run: Run) -> tuple[str, float, str, str] | None:
     return None
 
 
+def _defaults(cls: type) -> dict:
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def run_flags(run: Run) -> tuple[bool, bool, bool] | None:
+    """(D_age, LS, SA) of a run's saved hyper-parameters (config.yaml); None without a config."""
+    from boneage.models.bapgan import BAPGAN
+    from boneage.systems.bapgan import BAPGANSystem
+
+    try:
+        model = run.config().get("model") or {}
+    except RunError:
+        return None
+    system = {**_defaults(BAPGANSystem), **(model.get("init_args") or {})}
+    network = system.get("network") if isinstance(system.get("network"), dict) else {}
+    net = {**_defaults(BAPGAN), **(network.get("init_args") or {})}
+    return bool(net["age_discriminator"]), float(system["label_smoothing"]) > 0, bool(net["self_attention"])
+
+
+def run_age(run: Run) -> tuple[float, float, str] | None:
+    """(age accuracy of generated images, the age model's accuracy on real images, source) of a fit run."""
+    path = run.path / "bapgan_eval" / "age.json"
+    if run.stage != "fit" or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return float(data["accuracy"]), float(data["real_accuracy"]), str(path)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise RunError(f"{path} is not a bapgan_eval age result: delete it and run `python -m boneage.analysis."
+                       f"bapgan_eval age --experiment {run.experiment} --run {run.id}` again") from None
+
+
 def table1(runs_dir: str | Path = RUNS_DIR, runs: Mapping[str, str] | None = None,
            verbose: bool = False) -> pd.DataFrame:
     """One row per (data set, ablation row); FID NaN where the experiment has no run or no FID yet.
@@ -101,15 +143,24 @@ def table1(runs_dir: str | Path = RUNS_DIR, runs: Mapping[str, str] | None = Non
         raise RunError(f"--run names {', '.join(unknown)}, not a Table 1 experiment ({', '.join(sorted(known))})")
     rows = []
     for dataset in DATASETS:
-        for label, method, d_age, ls, sa in ROWS:
+        for label, method, paper_flags in ROWS:
             exp = f"{method}_{dataset}"
             run = pick_run(runs_dir, exp, runs.get(exp), verbose)
             found = run_fid(run) if run else None
-            rows.append({"dataset": dataset, "model": label, "D_age": d_age, "LS": ls, "SA": sa,
+            flags = run_flags(run) if run else None
+            age = run_age(run) if run else None
+            rows.append({"dataset": dataset, "model": label,
+                         **{f: (flags[i] if flags else None) for i, f in enumerate(FLAGS)},
                          "experiment": exp, "run": run.id if run else "",
                          "metric": found[0] if found else None,
                          "FID": found[1] if found else float("nan"), "scope": found[2] if found else "",
-                         "paper FID": PAPER_FID[(dataset, label)], "source": found[3] if found else ""})
+                         "paper FID": PAPER_FID[(dataset, label)],
+                         "age acc %": 100 * age[0] if age else float("nan"),
+                         "age acc real %": 100 * age[1] if age else float("nan"),
+                         "note": ("" if flags is None or flags == paper_flags else
+                                  "flags differ from the paper's row: " + ", ".join(
+                                      f"{f} {'on' if v else 'off'}" for f, v in zip(FLAGS, flags))),
+                         "source": found[3] if found else ""})
     table = pd.DataFrame(rows)
     metrics = set(table["metric"].dropna())
     if len(metrics) > 1:
@@ -146,14 +197,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bapgan_table1: {err}", file=sys.stderr)
         return 2
     metric = next(iter(table["metric"].dropna()), "no finished runs")
-    shown = table.drop(columns=["source", "metric"]).round(2)
-    print(f"Table 1 (FID, {metric}; paper values use Inception-v3):\n{shown.to_string(index=False)}")
+    shown = table.drop(columns=["source", "metric", "note"]).round(2)
+    marks = {True: "yes", False: "no", None: "?"}
+    for flag in FLAGS:   # check marks as the paper prints them; "?" where the run left no config
+        shown[flag] = [marks[v] for v in table[flag]]
+    print(f"Table 1 (FID, {metric}; paper values use Inception-v3; D_age/LS/SA from each run's config; "
+          f"age acc: generated images in their target age group, bapgan_eval age):\n{shown.to_string(index=False)}")
+    for _, row in table[table["note"] != ""].iterrows():
+        print(f"note: {row['experiment']}/{row['run']} is listed as '{row['model']}' but its {row['note']}")
     untrained = table.loc[table["run"] == "", "experiment"].tolist()
     if untrained:
         print(f"no fit run in {args.runs_dir} (train them first): {', '.join(untrained)}")
     unevaluated = table.loc[(table["run"] != "") & table["FID"].isna(), "experiment"].tolist()
     if unevaluated:
-        print("no FID yet (make bapgan-eval, or boneage test --ckpt_path best): " + ", ".join(unevaluated))
+        print("no FID yet (make bapgan-eval, or boneage test --ckpt_path last): " + ", ".join(unevaluated))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out, index=False)

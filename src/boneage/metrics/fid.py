@@ -4,9 +4,10 @@ Two extractors, never mixed: the metric's ``name`` says which one produced a num
 log under that name (``test/fid_inception`` vs ``test/fid_randconv``) and the tables refuse to
 put different names in one column.
 
-- ``"inception"``: the FID Inception-v3 (pool3, 2048 features; torch-fidelity's
-  ``pt_inception-2015-12-05`` weights) loaded from a local file, as in the BAPGAN paper
-  (section 3.1). Needs the ``torch-fidelity`` package (``pip install boneage[fid]``).
+- ``"inception"``: the standard FID Inception-v3 (pool3, 2048 features), run by torch-fidelity's
+  ``FeatureExtractorInceptionV3`` (through torchmetrics) with the ``pt_inception-2015-12-05``
+  weights loaded from a local file (a state dict of that module; nothing downloads), as in the
+  BAPGAN paper (section 3.1). Needs the ``torch-fidelity`` package (``pip install boneage[fid]``).
   ``antialias=False`` to match torch-fidelity / TF numbers (see REFERENCE.md).
 - ``"randconv"``: used when no Inception file is given. A documented stand-in, not Inception:
   a fixed, seeded random conv net (four 5x5 stride-2 convs 32-64-128-256 with ReLU on the
@@ -15,7 +16,7 @@ put different names in one column.
   contrast) and need no downloaded weights; they are not comparable to published FIDs.
 - ``"auto"`` (the YAMLs' choice): ``"inception"`` when the ``inception_weights`` file exists,
   otherwise ``"randconv"`` with a warning naming the missing file; the metric name records
-  which one ran.
+  which one ran. A weights file without torch-fidelity installed is an error, not a fallback.
 - ``"torchscript:<path>"``: any domain feature extractor saved with ``torch.jit.save`` whose
   forward maps ``[B, 3, H, W]`` floats in [0, 1] to ``[B, F]`` (e.g. a bone-age regressor's
   pooled backbone features).
@@ -23,6 +24,7 @@ put different names in one column.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -73,11 +75,20 @@ def fid_name(feature_extractor: str = "randconv") -> str:
                      "inception_weights), 'randconv' or 'torchscript:<path>'")
 
 
+def _require_torch_fidelity(inception_weights: str | None) -> None:
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ModuleNotFoundError(
+            f"FID Inception weights {inception_weights} need the torch-fidelity package, which is not "
+            "installed: pip install 'boneage[fid]' (or set model.init_args.fid_feature_extractor: randconv)")
+
+
 def resolve_extractor(feature_extractor: str, inception_weights: str | None = None) -> str:
     """``"auto"`` -> ``"inception"`` when the weights file exists, else ``"randconv"`` (warned);
-    ``"inception"`` without its file raises FileNotFoundError; other names pass through."""
+    ``"inception"`` without its file raises FileNotFoundError, without torch-fidelity
+    ModuleNotFoundError; other names pass through."""
     if feature_extractor == "auto":
         if inception_weights and Path(inception_weights).is_file():
+            _require_torch_fidelity(inception_weights)
             return "inception"
         warnings.warn(f"FID: Inception weights {inception_weights!r} not found, using the documented "
                       f"random-conv extractor (metric 'fid_randconv', not comparable to Inception FIDs). "
@@ -89,6 +100,7 @@ def resolve_extractor(feature_extractor: str, inception_weights: str | None = No
                              + INCEPTION_HELP)
         if not Path(inception_weights).is_file():
             raise FileNotFoundError(f"FID Inception weights not found: {inception_weights}. {INCEPTION_HELP}")
+        _require_torch_fidelity(inception_weights)
     fid_name(feature_extractor)   # validates the name
     return feature_extractor
 

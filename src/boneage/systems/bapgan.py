@@ -30,12 +30,22 @@ Divergence: a NaN/inf loss term raises ``FloatingPointError`` naming the phase, 
 and checkpoint folder *before* that phase's optimizer step (all ranks agree under DDP), so the
 weights in memory stay the last finite ones and the checkpoints on disk are untouched.
 
+Age groups: the data module (``data.init_args.n_groups``, ``age_group_years``) and this system
+(``model.init_args.network.init_args.n_groups``, ``model.init_args.age_group_years``) both map
+ages to groups; ``setup`` refuses a data module whose groups differ (``check_age_groups``, one
+line naming the four keys), so the two can never disagree silently.
+
+Which weights are "the model": the paper reports the network after its 5.0e4 iterations, so the
+evaluation commands (``boneage.analysis.bapgan_eval``) take ``last.ckpt`` by default;
+``--ckpt best`` takes the checkpoint with the lowest ``val/recon_l2`` instead.
+
 Paper is silent, chose:
 - non-saturating G/E adversarial terms (``-log D(fake)``), as the CAAE code;
 - the age-invariant reconstruction and progression renders use smoothed target labels when
   training used them (G never saw hard one-hot labels);
 - ``val/recon_l2`` (mean squared error of the age-invariant reconstruction) is the monitored
-  value: FID over a validation split of 32 images is too noisy to pick checkpoints with;
+  value behind the ``best`` checkpoint: FID over a validation split of 32 images is too noisy
+  to pick checkpoints with;
 - no learning-rate schedule, no gradient clipping (``gradient_clip_val`` off by default).
 """
 
@@ -63,6 +73,24 @@ from boneage.systems.gan_losses import (
 )
 
 LossFn = Callable[[dict], dict[str, torch.Tensor]]
+
+
+def check_age_groups(system: BAPGANSystem, datamodule: object) -> None:
+    """Raise DataError when the data module's age groups differ from the system's.
+
+    A data module without age groups (``n_groups``/``age_group_years``) is not checked.
+    """
+    if not (hasattr(datamodule, "n_groups") and hasattr(datamodule, "age_group_years")):
+        return
+    data = (int(datamodule.n_groups), float(datamodule.age_group_years))
+    model = (int(system.n_groups), float(system.hparams.age_group_years))
+    if data != model:
+        from data_modules.base import DataError
+
+        raise DataError(
+            f"age groups differ: data.init_args.n_groups = {data[0]}, data.init_args.age_group_years = "
+            f"{data[1]:g} but model.init_args.network.init_args.n_groups = {model[0]}, "
+            f"model.init_args.age_group_years = {model[1]:g}; set both pairs to the same values")
 
 
 @dataclass(frozen=True)
@@ -108,6 +136,9 @@ class BAPGANSystem(pl.LightningModule):
                                       for s in ("val", "test")})
         self.val_recon_best = torchmetrics.MinMetric()
         self._grid_done = False
+
+    def setup(self, stage: str) -> None:
+        check_age_groups(self, getattr(self.trainer, "datamodule", None))
 
     # ------------------------------------------------------------------ phases
     @property
