@@ -44,7 +44,3 @@ def test_experiment_runs(path, phantom_roots, run_cli):
     args += ["--data.init_args.num_workers", "0", "--trainer.fast_dev_run", "true"]
     run_cli("fit", *args)
     run_cli("test", *args)
-
-
-def test_there_are_experiments():
-    assert len(EXPERIMENTS) >= 1

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from boneage.analysis import roi_tables
 from boneage.analysis.roi_tables import METHODS, missing_runs, result_run, table1, to_markdown
 from boneage.runs import RunError
 
+PAPER_VALUES = Path(__file__).with_name("paper_values.yaml")
 _clock = iter(range(1_000_000))
 
 
@@ -50,10 +52,22 @@ def test_table_takes_the_newest_test_of_the_newest_fit_run(tmp_path):
     assert table.loc["VGG19", "MAE without sex"] == 8.3
     assert table.loc["Proposed (ROI + InceptionV3)", "MAE with sex"] == 3.35
     assert math.isnan(table.loc["ResNet50", "MAE with sex"])
-    assert table.loc["Xception", "paper without sex"] == 5.24
     assert len(table) == len(METHODS)
     missing = missing_runs(tmp_path)
     assert "roi_resnet50_scinti" in missing and "roi_vgg19_scinti" not in missing
+
+
+def test_paper_columns_are_the_papers_table_1(tmp_path):
+    """The --paper columns beside each method's two experiments are the MAEs tests/paper_values.yaml
+    records for those experiments (paper 004, Table 1), every cell."""
+    (reported,) = [r for r in yaml.safe_load(PAPER_VALUES.read_text())["results"]
+                   if str(r["paper"]) == "004" and r["metric"] == "test/mae"]
+    paper = reported["values"]
+    table = table1(tmp_path, paper=True).set_index("Method")
+    for m in METHODS:
+        cells = (table.loc[m.name, "paper with sex"], table.loc[m.name, "paper without sex"])
+        assert cells == (paper[m.with_sex], paper[m.without_sex]), m.name
+    assert {e for m in METHODS for e in (m.with_sex, m.without_sex)} == set(paper)  # no method left out
 
 
 def test_a_predict_run_between_test_runs_does_not_break_the_table(tmp_path):

@@ -1,10 +1,12 @@
 """Every module family trains under DDP with 2 CPU processes (gloo), launched the way a user
-launches it: `boneage fit --config <exp> --config experiments/presets/ddp_cpu.yaml`. Both ranks
-end with the same weights (gradients and, for GANs, every optimizer's step are synchronised),
-the run writes one run directory and its checkpoints, and the logged metrics are finite."""
+launches it: `boneage fit --config <exp> --config experiments/presets/ddp_cpu.yaml`. The ranks
+train on different samples of the split, yet end with the same weights (gradients and, for GANs,
+every optimizer's step are synchronised); the run writes one run directory and its checkpoints,
+and the logged metrics are finite."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -27,7 +29,7 @@ def run_ddp(args: list[str], out_dir, runs_dir) -> subprocess.CompletedProcess:
            "--runs_dir", str(runs_dir), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
            "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-           "--trainer.callbacks+=scale_helpers.RankWeights", f"--trainer.callbacks.out_dir={out_dir}"]
+           "--trainer.callbacks+=probes.RankBatches", f"--trainer.callbacks.out_dir={out_dir}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -38,6 +40,12 @@ def test_family_trains_under_ddp_on_two_cpu_processes(family, tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks) and ranks[0]["global_step"] > 0
+    # each rank its own share of the training split (DistributedSampler): equal weights below then
+    # come from synchronised updates, not from two ranks computing the same thing
+    seen = [json.loads((tmp_path / f"rank{r}_indices.json").read_text()) for r in (0, 1)]
+    assert seen[0] and len(seen[0]) == len(seen[1]), seen
+    shared = set(seen[0]) & set(seen[1])
+    assert len(shared) <= 1, f"both ranks trained on samples {sorted(shared)}"  # <= 1: padding of an odd split
     a, b = ranks[0]["state"], ranks[1]["state"]
     # batch-norm statistics stay per rank on CPU (SyncBatchNorm needs GPUs): compare the rest
     params = [k for k, v in a.items() if v.is_floating_point() and "running_" not in k and v.numel() > 0]

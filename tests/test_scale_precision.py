@@ -1,9 +1,12 @@
-"""Precision and devices come from YAML or the command line; bf16-mixed is correct on CPU:
-each module family trains a few steps in bf16-mixed and follows the float32 run (same batches,
-same seed): finite float32 master weights that moved the same way, and close logged losses."""
+"""Precision and devices come from YAML or the command line; bf16-mixed is applied and correct on
+CPU: each module family trains a few steps in bf16-mixed and in float32 (same batches, same seed).
+Inside the bf16 step the layers run under bfloat16 autocast (and in the float32 step under none),
+the bf16 run's weights differ from the float32 run's, yet stay finite float32 master weights that
+moved the same way, with close logged losses."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -28,11 +31,24 @@ def initial_weights(run_cli_args: list[str]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in cli.model.named_parameters()}  # parameters only
 
 
+def autocast_in_step(run_cli, args: list[str], name: str, precision: str, out_dir) -> set[tuple]:
+    """Fit with the given precision; the (autocast on, autocast dtype, output dtype) of every layer
+    call inside the training steps (tests/probes.py)."""
+    out_dir.mkdir()
+    run_cli("fit", *args, "--experiment", name, "--trainer.precision", precision,
+            "--trainer.callbacks+=probes.AutocastProbe", f"--trainer.callbacks.out_dir={out_dir}")
+    return {tuple(r) for r in json.loads((out_dir / "autocast.json").read_text())}
+
+
 @pytest.mark.parametrize("family", present_families())
 def test_bf16_mixed_follows_float32(family, run_cli, tmp_path):
     args = [*family_args(family, tmp_path / "data"), *STEPS]
-    runs = run_cli("fit", *args, "--experiment", "fp32", "--trainer.precision", "32-true")
-    run_cli("fit", *args, "--experiment", "bf16", "--trainer.precision", "bf16-mixed")
+    seen32 = autocast_in_step(run_cli, args, "fp32", "32-true", tmp_path / "probe32")
+    seen16 = autocast_in_step(run_cli, args, "bf16", "bf16-mixed", tmp_path / "probe16")
+    # inside the training step: bfloat16 autocast and bfloat16 layer outputs in the bf16 run only
+    assert (True, "torch.bfloat16", "torch.bfloat16") in seen16, seen16
+    assert seen32 and not any(on or out == "torch.bfloat16" for on, _, out in seen32), seen32
+    runs = tmp_path / "runs"
     init = initial_weights(args)
     w32, w16 = weights(runs / "fp32"), weights(runs / "bf16")
     # float32 master weights, finite
@@ -40,6 +56,7 @@ def test_bf16_mixed_follows_float32(family, run_cli, tmp_path):
     d32 = torch.cat([(w32[k] - init[k]).flatten() for k in w32 if k in init])
     d16 = torch.cat([(w16[k] - init[k]).flatten() for k in w32 if k in init])
     assert d32.abs().max() > 0  # training moved the weights
+    assert (d16 - d32).abs().max() > 0, "the bf16 run trained exactly like the float32 one: bf16 was not applied"
     # Adam's first steps are close to lr * sign(grad): where a gradient is tiny, bf16 rounding flips
     # the sign, so the runs agree strongly but not perfectly (unrelated updates: cosine ~ 1/sqrt(n) ~ 0).
     cosine = torch.nn.functional.cosine_similarity(d32, d16, dim=0).item()

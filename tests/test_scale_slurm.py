@@ -100,17 +100,25 @@ def test_preempted_or_killed_job_resumes_its_own_run_and_no_other(signal_name, r
         assert final["global_step"] == 12
 
 
-def test_make_slurm_fills_the_template_and_passes_quoted_args(tmp_path):
+@pytest.mark.parametrize("nodes,template", [("1", "one_node"), ("3", "multi_node")])
+def test_make_slurm_fills_the_template_and_passes_quoted_args(nodes, template, tmp_path):
+    """The written job is the node count's template with exactly the node, GPU, job-name and
+    interpreter lines set (GPUs and interpreter to values no template has); ARGS reach sbatch's
+    environment with their quoting."""
     fake = tmp_path / "sbatch"
     fake.write_text('#!/bin/bash\nprintf "%s\\n" "$ARGS" > "$(dirname "$0")/args.txt"\n')
     fake.chmod(0o755)
-    out = subprocess.run(["make", "-s", "slurm", "EXP=tjnet_rsna", "NODES=2", "GPUS=8", f"SBATCH={fake}",
-                          f"SLURM_DIR={tmp_path}", "ARGS=--data.init_args.data_dir 'my data' --x \"it's\""],
+    out = subprocess.run(["make", "-s", "slurm", "EXP=tjnet_rsna", f"NODES={nodes}", "GPUS=8", f"SBATCH={fake}",
+                          f"SLURM_DIR={tmp_path}", "VENV=/opt/env",
+                          "ARGS=--data.init_args.data_dir 'my data' --x \"it's\""],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    text = (tmp_path / "tjnet_rsna.sbatch").read_text()
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gres=gpu:8",
-                 "#SBATCH --job-name=tjnet_rsna"):
-        assert line in text.splitlines(), line
+    filled = {"#SBATCH --nodes=": nodes, "#SBATCH --ntasks-per-node=": "8", "#SBATCH --gres=gpu:": "8",
+              "#SBATCH --job-name=": "tjnet_rsna", 'PY="${PY:-': '/opt/env/bin/python}"'}
+    expected = [next((key + value for key, value in filled.items() if line.startswith(key)), line)
+                for line in (ROOT / "experiments" / "slurm" / f"{template}.sbatch").read_text().splitlines()]
+    written = (tmp_path / "tjnet_rsna.sbatch").read_text().splitlines()
+    assert all(any(line.startswith(key) for line in written) for key in filled)
+    assert written == expected  # the template of this node count, only those lines changed
     passed = (tmp_path / "args.txt").read_text().strip()
     assert shlex.split(passed) == ["--data.init_args.data_dir", "my data", "--x", "it's"]
