@@ -51,6 +51,9 @@ from data_modules.volume import (
 )
 
 REGIONS = ("full", "upper", "lower")
+# Fig. 4's age ranges as the paper counts them (whole years): 0-39, 40-60, 61-87
+AGE_RANGES = (("0-39", 0.0, 40.0), ("40-60", 40.0, 61.0), ("61+", 61.0, float("inf")))
+PAPER_AGE_SHARES = {"0-39": 8.487, "40-60": 73.432, "61+": 18.081}  # % of the 813 images (Sec. 4.1)
 
 
 def _pixel_stats(images: np.ndarray) -> tuple[float, float]:
@@ -228,6 +231,47 @@ class WholeBodyCTDataModule(HospitalCSVDataModule):
         fig.suptitle(f"CT volumes: coronal {self.volume_projection} of [{self.hu_window[0]:g}, "
                      f"{self.hu_window[1]:g}] HU, {pixel} pixels", fontsize=8)
         save_figure(self.trainer, fig, "ct_projection")
+
+    def label_table(self) -> pd.DataFrame:
+        """Every row of the label CSV (``path``, ``age`` in years, ``sex`` 1 = male), volumes not projected."""
+        return HospitalCSVDataModule.read_table(self)
+
+    def distribution_figure(self, path: str | Path, bin_years: float = 5.0) -> dict[str, Any]:
+        """Fig. 4 of the paper: (a) the age distribution of all images, by sex, in ``bin_years`` bins
+        (paper is silent on its bins: chose 5 years, fine enough for the 40-60 peak), (b) the number
+        of images per sex. Writes ``path`` (png) and returns the counts: ``n``, ``female``,
+        ``male``, ``age_min``, ``age_max``, and the share in % of the paper's ranges (``0-39``,
+        ``40-60``, ``61+``, whole years) beside the paper's (``paper_<range>``)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        table = self.label_table()
+        age, male = table["age"].to_numpy(float), table["sex"].to_numpy(float) > 0.5
+        edges = np.arange(0.0, max(90.0, float(age.max()) + bin_years), bin_years)
+        fig, (ax_age, ax_sex) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [3, 1]})
+        ax_age.hist([age[~male], age[male]], bins=edges, stacked=True, color=["tab:red", "tab:blue"],
+                    label=["female", "male"])
+        ax_age.set(xlabel="age (years)", ylabel="images", title=f"(a) age, {len(age)} images")
+        ax_age.legend()
+        counts = [int((~male).sum()), int(male.sum())]
+        bars = ax_sex.bar(["female", "male"], counts, color=["tab:red", "tab:blue"])
+        ax_sex.bar_label(bars)
+        ax_sex.margins(y=0.15)
+        ax_sex.set(title="(b) sex", ylabel="images")
+        fig.suptitle(f"Fig. 4: data distribution ({self.csv_path})", fontsize=8)
+        fig.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        summary: dict[str, Any] = {"n": len(age), "female": counts[0], "male": counts[1],
+                                   "age_min": float(age.min()), "age_max": float(age.max())}
+        whole = np.floor(age)
+        for name, low, high in AGE_RANGES:
+            summary[name] = round(100.0 * float(((whole >= low) & (whole < high)).mean()), 3)
+            summary[f"paper_{name}"] = PAPER_AGE_SHARES[name]
+        return summary
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict:
         if self.standardize and isinstance(batch, dict) and "image" in batch:

@@ -42,7 +42,6 @@ def test_batched_grad_cam_matches_grad_cam_package_on_hierarchical_vgg():
     with GradCAM(model=net, target_layers=[layer]) as cam:
         ref = cam(input_tensor=images, targets=[_RegressionTarget() for _ in range(4)])
     assert ours.shape == (4, 64, 64)
-    assert float(ours.min()) >= 0.0 and float(ours.max()) <= 1.0
     assert ref.std() > 0.05  # a real map, not a constant
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-4)
 

@@ -9,7 +9,6 @@ from torch import nn
 
 from boneage.models.fusion import EarlyFusion, LateFusion
 from boneage.models.hierarchical_vgg import (
-    VGG16_CFG,
     HierarchicalVGG,
     hierarchical_vgg16_bn,
     hierarchical_vgg16_bn_gap,
@@ -103,7 +102,7 @@ def test_pretrained_torchvision_weights_load_and_early_blocks_stay_frozen(tmp_pa
     path = tmp_path / "vgg16_bn.pth"
     torch.save(state, path)
     net = hierarchical_vgg16_bn(side_units=4, hidden=(8,), image_size=32, pretrained_path=str(path),
-                                freeze_blocks=2)
+                                pretrained_head=False, freeze_blocks=2)
     # grayscale first conv = RGB kernels summed (timm adapt_input_conv)
     torch.testing.assert_close(net.features[0].weight, feats[0].weight.sum(1, keepdim=True))
     torch.testing.assert_close(net.features[24].weight, feats[24].weight)
@@ -123,8 +122,9 @@ def test_pretrained_weights_of_another_width_raise_clear_error(tmp_path):
     feats = torchvision.models.vgg.make_layers(list(torchvision.models.vgg.cfgs["D"]), batch_norm=True)
     path = tmp_path / "vgg.pth"
     torch.save({f"features.{k}": v for k, v in feats.state_dict().items()}, path)
-    with pytest.raises(ValueError, match="width must be"):
-        hierarchical_vgg16_bn(**TINY, pretrained_path=str(path))
+    with pytest.raises(ValueError, match=r"features.0.weight \(64, 1, 3, 3\) in the file, \(4, 1, 3, 3\) here.*"
+                                         "fits width 1.0"):
+        hierarchical_vgg16_bn(**TINY, pretrained_path=str(path), pretrained_head=False)
 
 
 def test_late_fusion_equals_mean_of_members_predictions():
@@ -178,6 +178,3 @@ def test_early_fusion_freezes_early_layers_only_with_pretrained_weights():
     with pytest.raises(ValueError, match="match no parameter"):
         EarlyFusion(backbones=[_PooledCNN(4)], pretrained_paths=["w.pth"], freeze=[["layer9"]])
 
-
-def test_vgg16_cfg_is_torchvision_d():
-    assert [c for block in VGG16_CFG for c in (*block, "M")] == torchvision.models.vgg.cfgs["D"]

@@ -222,3 +222,87 @@ def test_cli_runs_with_a_predict_run_after_the_test(run_cli, tmp_path, tmp_path_
     assert t4["n test"].sum() == pd.read_csv(out / "table2.csv")["n test"].item() == 12
     assert "MAE / floor" in t4.columns  # the phantom beside the override CSV
     assert "test run ct_vgg16/test-" in capsys.readouterr().out
+
+
+def test_repeats_give_the_best_of_n_beside_mean_and_sd_and_fuse_seed_by_seed(tmp_path, capsys):
+    """The repeats file decides which fit runs count (a newer, unlisted run is not read); each row
+    gives the best of its runs (the paper's pick), the mean and sample sd; late fusion averages
+    the members trained with the same seed; Table 4 reads the best run."""
+    runs = tmp_path / "runs"
+    labels = _labels(tmp_path / "data", 6, 4, 2.0)
+    ages = np.linspace(5.0, 80.0, 10)
+    sex = ["F", "M"] * 5
+    errors = {"ct_vgg16": [8.0, 6.0, 7.0], "ct_googlenet": [5.0, 5.5, 4.5], "ct_resnet": [2.0, 3.5, 1.5],
+              "ct_hvgg": [4.0, 3.0, 5.0], "ct_up": [4.0, 4.5, 5.0], "ct_low": [6.0, 7.0, 8.0]}
+    listed = []
+    for exp, errs in errors.items():
+        for seed, err in zip((1, 2, 3), errs):
+            fit = _run(runs, exp, f"rep1-s{seed}", labels=labels)
+            _run(runs, exp, f"test-rep1-s{seed}", "test", fit, predictions=_frame(ages, ages + err, sex))
+            listed.append(f"{exp},{seed},rep1-s{seed}")
+        newer = _run(runs, exp, "20270101-000000-cccc", labels=labels)  # not in the repeats file
+        _run(runs, exp, "test-20270101-000100-cccc", "test", newer, predictions=_frame(ages, ages, sex))
+    single = _run(runs, "ct_early", "20260101-000000-aaaa", labels=labels)
+    _run(runs, "ct_early", "test-20260101-000100-aaaa", "test", single, predictions=_frame(ages, ages - 6.5, sex))
+    repeats = tmp_path / "repeats.csv"
+    repeats.write_text("experiment,seed,run\n" + "\n".join(listed) + "\n")
+    out = tmp_path / "out"
+    assert T.main(["--runs-dir", str(runs), "--out", str(out), "--repeats", str(repeats),
+                   "--model", "Fine-tuned VGGNet (A)=ct_vgg16", "--model", "Fine-tuned GoogLeNet (B)=ct_googlenet",
+                   "--model", "Fine-tuned ResNet (C)=ct_resnet", "--model", "Early fusion=ct_early",
+                   "--model", "Ours=ct_hvgg", "--late", "A,B,C", "--sex", "ct_hvgg",
+                   "--upper", "ct_up", "--lower", "ct_low"]) == 0
+    t3 = pd.read_csv(out / "table3.csv")
+    assert t3["MAE (years)"].tolist() == [4.0, 6.0] and t3["MAE mean (years)"].tolist() == [4.5, 7.0]
+    assert t3["runs"].tolist() == [3, 3]
+    t2 = pd.read_csv(out / "table2.csv").set_index("Model")
+    a = t2.loc["Fine-tuned VGGNet (A)"]
+    assert (a["MAE (years)"], a["MAE mean (years)"], a["MAE sd (years)"], a["runs"]) == (6.0, 7.0, 1.0, 3)
+    assert t2.loc["Ours", "MAE (years)"] == 3.0 and t2.loc["Ours", "MAE / floor"] == 1.5
+    early = t2.loc["Early fusion"]
+    assert early["MAE (years)"] == 6.5 and early["runs"] == 1 and np.isnan(early["MAE sd (years)"])
+    # late fusion per seed: (8+5+2)/3 = 5, (6+5.5+3.5)/3 = 5, (7+4.5+1.5)/3 = 4.333
+    late = t2.loc["Late fusion of (A), (B), and (C)"]
+    assert late["MAE (years)"] == pytest.approx(4.333) and late["MAE mean (years)"] == pytest.approx(4.778)
+    t4 = pd.read_csv(out / "table4.csv")
+    assert t4["MAE (years)"].tolist() == [3.0, 3.0]  # the best ct_hvgg run (seed 2)
+    listed_runs = pd.read_csv(out / "runs.csv")
+    ours = listed_runs[listed_runs["row"] == "Ours"]
+    assert ours["fit run"].tolist() == [f"ct_hvgg/rep1-s{s}" for s in (1, 2, 3)]
+    assert ours["picked"].tolist() == [False, True, False]
+    assert "best of the runs" in (out / "tables.md").read_text()
+    assert "Ours (seed 2): fit run ct_hvgg/rep1-s2, test run ct_hvgg/test-rep1-s2" in capsys.readouterr().out
+
+
+def test_repeats_whose_members_share_no_seed_cannot_be_fused(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    ages, sex = np.array([10.0, 20.0]), ["F", "M"]
+    for exp, seed in (("ct_vgg16", 1), ("ct_resnet", 2)):
+        fit = _run(runs, exp, f"rep-s{seed}")
+        _run(runs, exp, f"test-rep-s{seed}", "test", fit, predictions=_frame(ages, ages, sex))
+    repeats = tmp_path / "repeats.csv"
+    repeats.write_text("experiment,seed,run\nct_vgg16,1,rep-s1\nct_resnet,2,rep-s2\n")
+    assert T.main(["--runs-dir", str(runs), "--out", str(tmp_path / "out"), "--repeats", str(repeats),
+                   "--model", "A=ct_vgg16", "--model", "C=ct_resnet", "--late", "A,C"]) == 2
+    assert "share no seed" in capsys.readouterr().err
+
+
+def test_fig4_counts_the_data_of_the_run(tmp_path):
+    """Fig. 4 from the fit run's own data module (build_data): ages in the paper's whole-year
+    ranges 0-39, 40-60, 61+, and the counts by sex; --labels counts another CSV."""
+    runs = tmp_path / "runs"
+    data = tmp_path / "data"
+    data.mkdir()
+    ages = [5.0, 39.9, 40.0, 50.0, 60.9, 61.0, 70.0, 45.0, 55.0, 52.0]
+    pd.DataFrame({"image": [f"{i}.png" for i in range(10)], "age_years": ages,
+                  "sex": ["F"] * 7 + ["M"] * 3}).to_csv(data / "labels.csv", index=False)
+    other = _labels(tmp_path / "other", 1, 1, 2.0)
+    _run(runs, "ct_hvgg", "20260101-000000-aaaa", labels=data / "labels.csv")
+    out = tmp_path / "out"
+    assert T.main(["--runs-dir", str(runs), "--out", str(out), "--fig4", "ct_hvgg"]) == 0
+    assert (out / "fig4_data_distribution.png").stat().st_size > 5000
+    text = (out / "tables.md").read_text()
+    assert "10 images, ages 5.0-70.0 years; 0-39 y 20.0% (paper 8.5%), 40-60 y 60.0% (paper 73.4%), " \
+           "61+ y 20.0% (paper 18.1%); female 7, male 3" in text
+    assert T.main(["--runs-dir", str(runs), "--out", str(out), "--fig4", "ct_hvgg", "--labels", str(other)]) == 0
+    assert "2 images" in (out / "tables.md").read_text()

@@ -31,8 +31,14 @@ What the paper leaves unsaid, and what we chose:
   the blocks the paper calls "elementary features" and keeps out of the side connections;
   freezing applies only when pretrained weights are given, and frozen batch-norm layers keep
   their ImageNet statistics (eval mode) during training.
-- pretrained weights: torchvision's ``vgg16_bn`` ImageNet state_dict from a local file; the
-  first convolution is adapted to grayscale by summing its RGB kernels (timm's
+- pretrained weights: VGG16-BN's ImageNet weights from a local file, torchvision's
+  ``vgg16_bn-6c64b313.pth`` or timm's ``vgg16_bn.tv_in1k`` (``.safetensors``/``.bin``, its
+  ``pre_logits`` convolutions read as fc6/fc7), or a checkpoint of this network (a run of this
+  project: every tensor). Keys match exactly (:mod:`boneage.models.backbones`): every
+  convolution and batch norm comes from the file, and with ``pretrained_head`` (default) fc6 and
+  fc7 too; the file's 1000-way layer (``classifier.6``) is the softmax the paper replaces and is
+  dropped; anything else missing, unexpected or of another shape is an error naming the keys.
+  The first convolution is adapted to grayscale by summing its RGB kernels (timm's
   ``adapt_input_conv``); fc6 is loaded into the columns that read the global features and
   the side-connection columns start random, as the paper initialises the new connections.
 """
@@ -73,6 +79,19 @@ PRETRAINED_HINT = (
     "access (e.g. torch.hub.load_state_dict_from_url(VGG16_BN_Weights.IMAGENET1K_V1.url)) and give "
     "its path as pretrained_path, or set pretrained_path: null to train from scratch."
 )
+VGG_FIT_HINT = (
+    "A VGG16-BN file fits width 1.0 and, with pretrained_head (fc6/fc7 from the file), hidden [4096, 4096] and "
+    "global_pool_size 7; set pretrained_head: false to take the convolutions only"
+)
+# timm's VGG layout (pre_logits as convolutions, head.fc) in torchvision's names
+TIMM_VGG_NAMES = {
+    "pre_logits.fc1.weight": "classifier.0.weight",
+    "pre_logits.fc1.bias": "classifier.0.bias",
+    "pre_logits.fc2.weight": "classifier.3.weight",
+    "pre_logits.fc2.bias": "classifier.3.bias",
+    "head.fc.weight": "classifier.6.weight",
+    "head.fc.bias": "classifier.6.bias",
+}
 
 
 def _pooled_size(size: int, n_pools: int) -> int:
@@ -156,7 +175,10 @@ class HierarchicalVGG(nn.Module):
         image_size: input size (int or (H, W)) the flattened side connections are built for.
         width: multiplier of every convolution's channels (1.0 = VGG16; tests use 1/16).
         in_chans: image channels (1 for CT).
-        pretrained_path: local torchvision ``vgg16_bn`` state_dict, or None for random init.
+        pretrained_path: local VGG16-BN weights (torchvision ``.pth``, timm ``.safetensors``/``.bin``)
+            or a checkpoint of this network, or None for random init.
+        pretrained_head: with VGG16-BN weights, fc6/fc7 start from the file's ``classifier.0/3``
+            (needs hidden [4096, 4096]); False takes the convolutions only.
         freeze_blocks: with pretrained weights, the first ``freeze_blocks`` blocks stay frozen.
         cfg: channels per block (VGG16 by default).
     """
@@ -173,6 +195,7 @@ class HierarchicalVGG(nn.Module):
         width: float = 1.0,
         in_chans: int = 1,
         pretrained_path: str | None = None,
+        pretrained_head: bool = True,
         freeze_blocks: int = 2,
         cfg: Sequence[Sequence[int]] = VGG16_CFG,
     ) -> None:
@@ -221,6 +244,7 @@ class HierarchicalVGG(nn.Module):
         self.head = RegressionHead(self.num_features, hidden, dropout)
 
         self._init_weights()
+        self.pretrained_head = pretrained_head
         self.frozen_blocks = 0
         if pretrained_path is not None:
             self.load_pretrained(pretrained_path)
@@ -241,38 +265,54 @@ class HierarchicalVGG(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def load_pretrained(self, path: str | Path) -> None:
-        """Load a torchvision ``vgg16_bn`` ImageNet state_dict from a local file (see module doc)."""
-        from timm.models import adapt_input_conv
+        """Load a VGG16-BN weights file (torchvision ``.pth``, timm ``.safetensors``/``.bin``) or a
+        checkpoint of this network, with exact key matching (see the module doc)."""
+        from boneage.models.backbones import adapt_first_conv, check_weights, read_weights, select_weights
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights not found: {path}. {PRETRAINED_HINT}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if "state_dict" in state:
-            state = state["state_dict"]
-        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        if "0.weight" in feats and feats["0.weight"].shape[1] != self.features[0].in_channels:
-            feats["0.weight"] = adapt_input_conv(self.features[0].in_channels, feats["0.weight"])
+        own = self.state_dict()
+        batches = [k for k in own if k.endswith("num_batches_tracked")]  # absent from pre-0.4.1 files
+        state = select_weights(read_weights(path), own, path, "HierarchicalVGG")
+        adapt_first_conv(state, "features.0.weight", self.features[0].in_channels)
+        if "head.out.weight" in state:  # a checkpoint of this network itself (a run of this project)
+            check_weights({k: v.shape for k, v in own.items()}, state, path, "this HierarchicalVGG", batches)
+            self.load_state_dict(state, strict=True)
+            log.info("loaded the whole network from %s", path)
+            return
+        state = {TIMM_VGG_NAMES.get(k, k): v.flatten(1) if k in TIMM_VGG_NAMES and v.ndim == 4 else v
+                 for k, v in state.items()}
+        state = {k: v for k, v in state.items()
+                 if not k.startswith("classifier.6.") and (self.pretrained_head or not k.startswith("classifier."))}
+        expected = {f"features.{k}": v.shape for k, v in self.features.state_dict().items()}
+        fc6, fc7 = self._fc67()
+        if self.pretrained_head:
+            expected.update({"classifier.0.weight": (fc6.out_features, self.global_features),
+                             "classifier.0.bias": (fc6.out_features,)})
+            if fc7 is not None:
+                expected.update({"classifier.3.weight": fc7.weight.shape, "classifier.3.bias": fc7.bias.shape})
         try:
-            self.features.load_state_dict(feats, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"{path} does not fit this network's VGG16-BN features (width must be "
-                             f"1.0 and the file a torchvision vgg16_bn state_dict): {err}") from None
+            check_weights(expected, state, path, "vgg16_bn (HierarchicalVGG)", [f"features.{k}" for k in batches])
+        except ValueError as err:
+            raise type(err)(f"{err}. {VGG_FIT_HINT}") from None
+        self.features.load_state_dict({k[len("features."):]: v for k, v in state.items()
+                                       if k.startswith("features.")}, strict=True)
         loaded = ["features"]
-        linears = [m for m in self.head.hidden if isinstance(m, nn.Linear)]
-        with torch.no_grad():
-            fc6_w, fc6_b = state.get("classifier.0.weight"), state.get("classifier.0.bias")
-            if (fc6_w is not None and linears and linears[0].out_features == fc6_w.shape[0]
-                    and fc6_w.shape[1] == self.global_features):
-                linears[0].weight[:, :self.global_features] = fc6_w  # side columns stay random
-                linears[0].bias.copy_(fc6_b)
+        if self.pretrained_head:
+            with torch.no_grad():
+                fc6.weight[:, :self.global_features] = state["classifier.0.weight"]  # side columns stay random
+                fc6.bias.copy_(state["classifier.0.bias"])
                 loaded.append("fc6")
-                fc7_w = state.get("classifier.3.weight")
-                if fc7_w is not None and len(linears) > 1 and linears[1].weight.shape == fc7_w.shape:
-                    linears[1].weight.copy_(fc7_w)
-                    linears[1].bias.copy_(state["classifier.3.bias"])
+                if fc7 is not None:
+                    fc7.weight.copy_(state["classifier.3.weight"])
+                    fc7.bias.copy_(state["classifier.3.bias"])
                     loaded.append("fc7")
         log.info("loaded %s from %s", "+".join(loaded), path)
+
+    def _fc67(self) -> tuple[nn.Linear, nn.Linear | None]:
+        linears = [m for m in self.head.hidden if isinstance(m, nn.Linear)] + [self.head.out]
+        return linears[0], (linears[1] if len(linears) > 2 else None)
 
     def freeze(self, n_blocks: int) -> None:
         """Freeze the first ``n_blocks`` VGG blocks (parameters and batch-norm statistics)."""
