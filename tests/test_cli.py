@@ -47,3 +47,32 @@ def test_null_weights_path_on_the_command_line_means_no_weights(monkeypatch, tmp
                            "--model.init_args.network.init_args.pretrained_path", "null",
                            "--trainer.logger", "false"], run=False)
     assert cli.config.model.init_args.network.init_args.pretrained_path is None
+
+
+def test_training_from_random_weights_is_said():
+    """Xception (and every backbone the papers start from ImageNet) trains from scratch when no weights
+    file is given: the fit says so, naming the key to set; a given file silences it."""
+    import yaml
+    from jsonargparse import dict_to_namespace
+
+    from boneage.cli import random_init_notices
+
+    model = yaml.safe_load((ROOT / "experiments" / "xception_rsna.yaml").read_text())["model"]
+    (note,) = random_init_notices(dict_to_namespace(model))  # what the CLI holds
+    assert random_init_notices(model) == [note]
+    assert note.startswith("model.init_args.network.init_args.pretrained_path is null: legacy_xception")
+    model["init_args"]["network"]["init_args"]["pretrained_path"] = "weights/xception.safetensors"
+    assert random_init_notices(model) == []
+
+
+def test_a_missing_weights_file_ends_with_one_line(rsna_phantom, run_cli, tmp_path, capsys):
+    """jsonargparse wraps an error raised while it builds a nested network; the user sees that error."""
+    with pytest.raises(SystemExit) as stop:
+        run_cli("fit", "--config", "experiments/regressor_rsna.yaml", "--config", "tests/configs/regressor_rsna.yaml",
+                "--data.init_args.data_dir", str(rsna_phantom),
+                "--model.init_args.network.init_args.pretrained_path", str(tmp_path / "missing.pth"))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("boneage: pretrained weights for backbone") and "missing.pth" in last
+    assert "Traceback" not in err and "Union subtypes" not in err

@@ -112,6 +112,24 @@ def _null_weight_paths(node) -> None:
             _null_weight_paths(value)
 
 
+def random_init_notices(node: Any, prefix: str = "model") -> list[str]:
+    """One line per network in a model config whose ``pretrained_path`` is null: it trains from random
+    weights (the papers mostly start from ImageNet weights, which nothing here downloads)."""
+    if hasattr(node, "as_dict"):  # a jsonargparse Namespace: its items() are flattened
+        node = node.as_dict()
+    if not hasattr(node, "items"):
+        return []
+    notes = []
+    keys = {str(k).split(".")[-1]: v for k, v in node.items()}
+    if "pretrained_path" in keys and keys["pretrained_path"] in (None, "None", "null"):
+        what = keys.get("backbone") or "the network"
+        notes.append(f"{prefix}.pretrained_path is null: {what} starts from random weights (set it to a local "
+                     "weights file to start from pretrained ones, as the papers did)")
+    for key, value in node.items():
+        notes += random_init_notices(value, f"{prefix}.{key}")
+    return notes
+
+
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(node, dict):
         out: dict[str, Any] = {}
@@ -198,6 +216,9 @@ class BoneAgeCLI(LightningCLI):
         cfg = self._cfg()
         stage = self.subcommand or "fit"
         _null_weight_paths(cfg.get("model"))
+        if stage == "fit" and _rank() == 0:
+            for note in random_init_notices(cfg.get("model")):
+                print(note, file=sys.stderr)
         name, exp_dir = self._experiment()
         if not self.subcommand and cfg["trainer"].get("logger") is False:
             self.run = None  # BoneAgeCLI(run=False) building objects in Python, logging off: no run
@@ -435,6 +456,18 @@ def _set_status(status: str) -> None:
     runs.write_json_atomic(path, info)
 
 
+def _union_error(err: BaseException) -> str | None:
+    """The error a class raised while jsonargparse built it as one subtype of a union (a model or a
+    network given by class_path, e.g. a missing weights file), which jsonargparse wraps as "Does not
+    validate against any of the Union subtypes" with every subtype's complaint; None for others."""
+    text = str(err)
+    if not isinstance(err, ValueError) or "Does not validate against any of the Union subtypes" not in text:
+        return None
+    causes = [line.strip()[2:] for line in text.split("Errors:", 1)[-1].splitlines() if line.strip().startswith("- ")]
+    causes = [c for c in causes if not c.startswith("Expected a ") and "Does not validate" not in c]
+    return causes[0] if causes else None
+
+
 def main(args: list[str] | None = None) -> None:
     """The ``boneage`` command. ``args``: the command line without the program name."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -459,9 +492,10 @@ def main(args: list[str] | None = None) -> None:
                   "(or make train ... RESUME=1)", file=sys.stderr)
         raise SystemExit(143) from None  # 128 + SIGTERM: a scheduler sees an unfinished job
     except BaseException as err:
-        if debug or not _expected(err):
+        inner = _union_error(err)
+        if debug or not (_expected(err) or inner):
             raise
-        print(f"boneage: {err}", file=sys.stderr)
+        print(f"boneage: {inner or err}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         if not inherited:
