@@ -14,6 +14,8 @@ A LightningCLI with the framework's run layout (:mod:`boneage.runs`):
   and file were used;
 - the saved config.yaml is a recipe: ``boneage fit --config <run>/config.yaml`` starts a new run
   of the same experiment with the same settings;
+- ``boneage predict-folder ...`` and ``boneage serve ...`` use trained runs (:mod:`boneage.predict`,
+  :mod:`boneage.serve`); they are dispatched before LightningCLI parses;
 - ``--exact_resume`` (on by default) adds :class:`boneage.resume.ExactResume` (RNG and sampler
   state in checkpoints, atomic writes, ``last.ckpt`` on SIGTERM/SIGUSR1 at any point of fit);
 - ``--wandb true`` adds a Weights & Biases logger; a resumed run continues its W&B run;
@@ -468,11 +470,30 @@ def _union_error(err: BaseException) -> str | None:
     return causes[0] if causes else None
 
 
+# commands that use trained runs rather than LightningCLI: name -> module with main(argv)
+TOOLS = {"predict-folder": "boneage.predict", "serve": "boneage.serve"}
+
+
+def _tool(name: str, argv: list[str], debug: bool) -> None:
+    """``boneage predict-folder|serve ...``: expected problems end with one line and exit code 2."""
+    import importlib
+
+    try:
+        importlib.import_module(TOOLS[name]).main(argv)
+    except BaseException as err:
+        if debug or not _expected(err):
+            raise
+        print(f"boneage {name}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(args: list[str] | None = None) -> None:
     """The ``boneage`` command. ``args``: the command line without the program name."""
     argv = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in argv or os.environ.get("BONEAGE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    if argv and argv[0] in TOOLS:
+        return _tool(argv[0], argv[1:], debug)
     _quiet_lightning()
     inherited = inherited_run() is not None
     if not inherited:
