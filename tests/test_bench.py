@@ -106,13 +106,18 @@ def test_bench_runs_tiny_and_writes_table_and_json(tmp_path):
         # the framework arm is the CLI's: its loggers and checkpoint callback
         assert {"RunCSVLogger", "TensorBoardLogger"} <= set(fam["loggers"])
         assert "ModelCheckpoint" in fam["callbacks"]
+        # the flat headline figures make gpu-check reads; syncs are counted on CUDA only
+        assert (fam["framework_ms"], fam["plain_ms"], fam["ratio"]) == (
+            fw["median_ms"], plain["median_ms"], fam["ratio_median"])
+        assert fam["step_ms"] == fw["step_median_ms"] and fam["syncs_per_step"] is None
         assert f"| {fam['family']} | {fam['network']}" in table
     assert set(saved["options"]["arms"]) == {"default", "channels_last"}
     # the fixed cost per step, from paired blocks at a tiny step, and the ratio it implies above
     for cost, fam in zip(saved["fixed_cost"], saved["families"], strict=True):
-        assert cost["family"] == fam["family"] and cost["blocks"] == 3 and cost["image_size"] == [64, 64]
+        assert cost["family"] == fam["family"] and cost["blocks"] == 3 and cost["image_size"] == [32, 32]
         assert cost["cost_q1_ms"] <= cost["cost_ms"] <= cost["cost_q3_ms"]
         assert cost["implied_ratio"] == pytest.approx(1 + cost["cost_ms"] / fam["plain"]["median_ms"])
+        assert fam["fixed_cost_ms"] == cost["cost_ms"]
         assert f"| {cost['family']} | {cost['framework_ms']:.2f} |" in table
     demo, large = saved["data"]["sets"]
     assert large["source_size"][0] > demo["source_size"][0] and large["images"] == 8  # 80% of 10 train

@@ -55,6 +55,7 @@ def _dm(phantom, size: int = 16, batch_size: int = 4) -> RSNADataModule:
 
 
 def _trainer(tmp_path, **kw) -> pl.Trainer:
+    kw.setdefault("log_every_n_steps", 1)  # the system logs on the steps the loggers write: all of them here
     return pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, **kw)
 
@@ -173,8 +174,9 @@ def test_snapshots_roll_back_and_resume_in_the_same_phase_with_the_same_alpha(ph
 
 
 def test_diverging_gan_stops_with_a_clear_message(phantom, tmp_path):
-    system = _system(lr=1e30, total_images=400)
-    with pytest.raises(FloatingPointError, match="PGGAN diverged.*last good checkpoint"):
+    system = _system(lr=1e30, total_images=400, check_finite_every_n_steps=4)
+    with pytest.raises(FloatingPointError, match=r"PGGAN diverged: \w+ is (nan|inf) at \d+ images shown .*every 4 "
+                                                 r"steps.*last good checkpoint"):
         _trainer(tmp_path, max_epochs=-1, enable_checkpointing=False).fit(system, datamodule=_dm(phantom))
 
 

@@ -20,7 +20,13 @@ figures, every step time included):
    CPU: peak RSS, ``VmHWM`` reset through ``/proc/self/clear_refs`` after ``malloc_trim``). When the
    median ratio is above ``--threshold`` (1.05), the framework arm is run again with the progress
    bar, the loggers and the checkpoint callback turned off one at a time, and all together, so
-   each one's cost is shown.
+   each one's cost is shown. The fixed cost per step is measured again at a tiny step (32x32,
+   batch 2; the GANs' networks at that size), where it stands out; on CPU both arms are then timed
+   in the main thread's CPU time with one torch thread (other users of a shared machine barely
+   move it). On CUDA every timed block also counts the host-device synchronisations per step
+   (``torch.cuda.set_sync_debug_mode("warn")``, warnings counted). ``results.json`` carries per
+   family ``step_ms``, ``framework_ms``, ``plain_ms``, ``ratio``, ``syncs_per_step`` (None on CPU)
+   and ``fixed_cost_ms``.
 2. **Options** on the plain loop of the first family (interleaved the same way): channels_last
    memory format and ``torch.compile``, each against the default.
 3. **Data loading**: images/s of the RSNA DataModule's training loader (decode + resize +
@@ -53,6 +59,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,15 +79,53 @@ Batch = dict[str, torch.Tensor]
 # Timing and memory
 # --------------------------------------------------------------------------------------------
 class Clock:
-    """Timestamps that mean the same in both arms: on CUDA the device is synchronised first."""
+    """Timestamps that mean the same in both arms: on CUDA the device is synchronised first (with
+    the sync debug mode off for that call, so :class:`SyncCounter` counts the arms' syncs only).
 
-    def __init__(self, device: torch.device) -> None:
+    ``cpu_time`` (CPU device only): the main thread's CPU time instead of the wall clock. With one
+    torch thread every step's work runs on the main thread, so the difference of the two arms is
+    the framework's own work, and other users of a shared machine (which stretch wall times by
+    tens of percent from block to block) barely move it: the fixed-cost run uses it on CPU.
+    """
+
+    def __init__(self, device: torch.device, cpu_time: bool = False) -> None:
         self.cuda = device.type == "cuda"
+        self.now = time.thread_time if cpu_time and not self.cuda else time.perf_counter
+        self.kind = "main-thread CPU time, 1 torch thread" if self.now is time.thread_time else "wall clock"
 
     def __call__(self) -> float:
         if self.cuda:
+            mode = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode(0)
             torch.cuda.synchronize()
-        return time.perf_counter()
+            torch.cuda.set_sync_debug_mode(mode)
+        return self.now()
+
+
+class SyncCounter:
+    """Host-device synchronisations per step on CUDA: ``torch.cuda.set_sync_debug_mode("warn")``
+    makes every synchronising call (``.item()``, ``bool(t)``, a device-to-host copy, ...) warn,
+    and a block's warnings are counted. Nothing on CPU (``per_step`` stays None)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._cm: warnings.catch_warnings | None = None
+        self._seen: list = []
+
+    def begin(self) -> None:
+        if self.cuda:
+            self._cm = warnings.catch_warnings(record=True)
+            self._seen = self._cm.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def end(self, steps: int) -> float | None:
+        if not self.cuda or self._cm is None:
+            return None
+        torch.cuda.set_sync_debug_mode(0)
+        self._cm.__exit__(None, None, None)
+        self._cm = None
+        return sum("synchroniz" in str(w.message) for w in self._seen) / steps
 
 
 class PeakMemory:
@@ -143,6 +188,7 @@ class ArmRecord:
     cycles: list[float] = field(default_factory=list)
     steps: list[float] = field(default_factory=list)
     peaks: list[int] = field(default_factory=list)
+    syncs: list[float] = field(default_factory=list)  # per block: synchronisations per step (CUDA)
 
     def summary(self, batch: int) -> dict[str, Any]:
         cyc = self.cycles or [float("nan")]
@@ -151,6 +197,7 @@ class ArmRecord:
                 "step_median_ms": 1e3 * statistics.median(self.steps or [float("nan")]),
                 "images_per_s": batch / med, "cycles": len(self.cycles),
                 "peak_mib": max(self.peaks) / 2**20 if self.peaks else None,
+                "syncs_per_step": statistics.median(self.syncs) if self.syncs else None,
                 "cycles_s": self.cycles}
 
 
@@ -283,7 +330,7 @@ def bapgan_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
 
     net, hp, (opt_eg, opt_id, opt_img) = s["net"], s["hp"], s["opts"]
     x = batch["image"]
-    groups = age_to_group(batch["age"].float(), hp.age_group_years, net.n_groups)
+    groups = age_to_group(batch["age"].float(), hp.age_group_years, net.n_groups, check=False)
     labels = smooth_age_labels(groups, net.n_groups, hp.label_smoothing).to(x.dtype)
     _trainable(net, s["groups"][0], BAPGAN_NETS)
     with loop.autocast():
@@ -352,7 +399,8 @@ def pggan_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
         for _ in range(hp.n_critic):
             with torch.no_grad():
                 fake = g(torch.randn(n, g.latent_dim, device=real.device, dtype=real.dtype), st.level, st.alpha)
-            d_loss = wgan_gp_d_loss(critic, real, fake, hp.gp_weight, hp.drift_weight)["loss"]
+            scale = None if loop.scaler is None else loop.scaler.scale(torch.ones((), device=real.device))
+            d_loss = wgan_gp_d_loss(critic, real, fake, hp.gp_weight, hp.drift_weight, grad_scale=scale)["loss"]
             s["opt_d"].zero_grad(set_to_none=True)
             loop.backward(d_loss)
             loop.step(s["opt_d"])
@@ -384,6 +432,7 @@ class Family:
     plain_step: Callable[[dict[str, Any], Batch, PlainLoop], None]
     prepare: Callable[[Any], None] | None = None  # puts the system into the state to time
     batch_args: tuple[str, ...] = ()  # further overrides that follow --batch ("{batch}" replaced)
+    tiny_args: tuple[str, ...] = ()  # network overrides for the tiny step ("{size}": --breakdown-size)
 
     def present(self) -> bool:
         try:
@@ -411,7 +460,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("bapgan", "bapgan_femur", "boneage.systems.bapgan",
            (f"{NET}image_size", "64", f"{NET}width", "0.25", "--model.init_args.fid_feature_extractor", "randconv",
             "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "32"),
-           bapgan_setup, bapgan_step),
+           bapgan_setup, bapgan_step, tiny_args=(f"{NET}image_size", "{size}")),
     Family("pggan", "pggan_rsna", "boneage.systems.pggan",
            ("--model.init_args.generator.init_args.resolution", "64",
             "--model.init_args.generator.init_args.latent_dim", "128",
@@ -424,7 +473,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                 "batch_size": 16}}]),
             "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "16"),
            pggan_setup, pggan_step, prepare=pggan_prepare,
-           batch_args=("--model.init_args.batch_sizes", "{{4: {batch}}}")),
+           batch_args=("--model.init_args.batch_sizes", "{{4: {batch}}}"),
+           tiny_args=("--model.init_args.generator.init_args.resolution", "{size}",
+                      "--model.init_args.discriminator.init_args.resolution", "{size}")),
 )}
 
 NO_SYSTEM_LOG = "bench:no-system-log"  # not a CLI argument: handled by run_family
@@ -483,6 +534,7 @@ class PlainArm:
     def __init__(self, family: Family, state: dict[str, Any], loop: PlainLoop, batches: list[Batch],
                  clock: Clock, mem: PeakMemory) -> None:
         self.family, self.state, self.loop, self.clock, self.mem = family, state, loop, clock, mem
+        self.syncs = SyncCounter(loop.device)
         self._data = iter(DataLoader(Repeat(batches, 10**9), batch_size=None, num_workers=0))
         self.record = ArmRecord()
 
@@ -490,6 +542,7 @@ class PlainArm:
         """``n`` steps; recorded: their ``n - 1`` cycles, ``n`` step times and the block's peak memory."""
         if record:
             self.mem.begin()
+            self.syncs.begin()
         starts = []
         for _ in range(n):
             batch = self.loop.to_device(next(self._data))  # fetched and on the device, as in Lightning
@@ -499,6 +552,9 @@ class PlainArm:
             if record:
                 self.record.steps.append(self.clock() - t0)
         if record:
+            syncs = self.syncs.end(n)
+            if syncs is not None:
+                self.record.syncs.append(syncs)
             self.record.cycles.extend(np.diff(starts).tolist())
             peak = self.mem.end()
             if peak is not None:
@@ -523,6 +579,7 @@ class Interleave(_lightning_callback()):
         self.family, self.batches, self.loop, self.clock, self.mem = family, batches, loop, clock, mem
         self.warmup, self.block, self.blocks = warmup, block, blocks
         self.framework = ArmRecord()
+        self.syncs = SyncCounter(loop.device)
         self.plain: PlainArm | None = None
         self._starts: list[float] = []
         self._t0 = 0.0
@@ -549,6 +606,7 @@ class Interleave(_lightning_callback()):
             return
         if pos[1] == 0:
             self.mem.begin()
+            self.syncs.begin()
             self._starts = []
         self._t0 = self.clock()
         self._starts.append(self._t0)
@@ -558,7 +616,10 @@ class Interleave(_lightning_callback()):
         if pos is None:
             return
         self.framework.steps.append(self.clock() - self._t0)
-        if pos[1] == self.block:  # block done: its cycles and peak, then a plain block
+        if pos[1] == self.block:  # block done: its cycles, syncs and peak, then a plain block
+            syncs = self.syncs.end(self.block + 1)
+            if syncs is not None:
+                self.framework.syncs.append(syncs)
             self.framework.cycles.extend(np.diff(self._starts).tolist())
             peak = self.mem.end()
             if peak is not None:
@@ -607,6 +668,8 @@ def cli_args(family: Family, args: argparse.Namespace, runs_dir: Path,
         argv += [a.format(batch=args.batch) for a in family.batch_args]
     if args.image_size:
         argv += ["--data.init_args.image_size", f"[{args.image_size}, {args.image_size}]"]
+    if getattr(args, "tiny_step", False):
+        argv += [a.format(size=args.image_size) for a in family.tiny_args]
     argv += [
         "--experiment", f"bench_{family.name}", "--runs_dir", str(runs_dir),
         *data_args(family, args), "--data.init_args.num_workers", "0",
@@ -644,12 +707,25 @@ def _networks(system: nn.Module) -> str:
     return " + ".join(nets)
 
 
-def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Interleaved framework and plain arms of one family; a summary with both arms and the ratio."""
+def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] = (),
+               cpu_time: bool = False) -> dict[str, Any]:
+    """Interleaved framework and plain arms of one family; a summary with both arms and the ratio.
+    ``cpu_time`` (CPU device): steps timed in the main thread's CPU time, one torch thread (Clock)."""
+    cpu_time = cpu_time and args.device == "cpu"
+    threads = torch.get_num_threads()
+    if cpu_time:
+        torch.set_num_threads(1)
+    try:
+        return _run_family(family, args, extra, Clock(torch.device(args.device), cpu_time))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...], clock: Clock) -> dict[str, Any]:
     from boneage.cli import RUN_ENV, BoneAgeCLI
 
     device = torch.device(args.device)
-    clock, mem = Clock(device), PeakMemory(device)
+    mem = PeakMemory(device)
     loop = PlainLoop(device, args.precision)
     probe = Interleave(family, [], loop, clock, mem, args.warmup, args.block, args.blocks)
     os.environ.pop(RUN_ENV, None)
@@ -681,7 +757,13 @@ def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] 
         "batch": batch, "image_size": list(batches[0]["image"].shape[-2:]),
         "framework": fw, "plain": pl_,
         "ratio_median": fw["median_ms"] / pl_["median_ms"], "ratio_mean": fw["mean_ms"] / pl_["mean_ms"],
+        # the headline figures, flat (make gpu-check reads these): framework arm's step duration,
+        # framework and plain step cycles, their ratio, host-device syncs per framework step (CUDA)
+        "step_ms": fw["step_median_ms"], "framework_ms": fw["median_ms"], "plain_ms": pl_["median_ms"],
+        "ratio": fw["median_ms"] / pl_["median_ms"], "syncs_per_step": fw["syncs_per_step"],
+        "plain_syncs_per_step": pl_["syncs_per_step"],
         "block_cost_ms": block_costs(timer.framework.cycles, timer.plain.record.cycles, args.block),
+        "clock": clock.kind,
         "callbacks": [type(c).__name__ for c in trainer.callbacks if c is not timer],
         "loggers": [type(lg).__name__ for lg in trainer.loggers],
         "log_every_n_steps": trainer.log_every_n_steps,
@@ -701,8 +783,11 @@ def block_costs(framework: list[float], plain: list[float], block: int) -> list[
 
 
 def _tiny(args: argparse.Namespace, blocks: int) -> argparse.Namespace:
+    """The tiny step: the small scale's networks (the framework's fixed cost does not depend on the
+    network, and the paper-size GANs cannot take tiny images) at ``--breakdown-size``/``-batch``."""
     tiny = copy.copy(args)
-    tiny.image_size, tiny.batch = args.breakdown_size, args.breakdown_batch
+    tiny.scale = "tiny" if args.scale == "tiny" else "small"
+    tiny.image_size, tiny.batch, tiny.tiny_step = args.breakdown_size, args.breakdown_batch, True
     tiny.warmup, tiny.block, tiny.blocks = 3, args.breakdown_block, blocks
     return tiny
 
@@ -712,11 +797,11 @@ def run_fixed_cost(family: Family, args: argparse.Namespace, full: dict[str, Any
     ``--breakdown-batch``), many short paired blocks. It does not grow with the model or the batch,
     so the ratio it implies at the measured configuration, ``1 + cost / plain step``, is a far
     tighter figure than the direct ratio of two noisy second-long medians."""
-    r = _public(run_family(family, _tiny(args, args.cost_blocks)))
+    r = _public(run_family(family, _tiny(args, args.cost_blocks), cpu_time=True))
     costs = r["block_cost_ms"]
     q1, med, q3 = (float(x) for x in np.percentile(costs, [25, 50, 75]))
     plain_ms = full["plain"]["median_ms"]
-    return {"family": family.name, "batch": r["batch"], "image_size": r["image_size"],
+    return {"family": family.name, "batch": r["batch"], "image_size": r["image_size"], "clock": r["clock"],
             "framework_ms": r["framework"]["median_ms"], "plain_ms": r["plain"]["median_ms"],
             "cost_ms": med, "cost_q1_ms": q1, "cost_q3_ms": q3, "blocks": len(costs),
             "step_ms": plain_ms, "implied_ratio": 1.0 + med / plain_ms,
@@ -735,7 +820,7 @@ def run_breakdown(family: Family, args: argparse.Namespace) -> list[dict[str, An
     rows = []
     for variant, extra in {"CLI defaults (as users run it)": (), **VARIANTS}.items():
         print(f"  {family.name} breakdown: {variant}")
-        r = _public(run_family(family, tiny, extra))
+        r = _public(run_family(family, tiny, extra, cpu_time=True))
         r["variant"] = variant
         r["cost_ms"] = r["framework"]["median_ms"] - r["plain"]["median_ms"]
         rows.append(r)
@@ -1027,11 +1112,13 @@ def markdown(res: dict[str, Any]) -> str:
         f"{cfg['precision']}, scale {cfg['scale']}. Load average before / after: {res['load_before']} / "
         f"{res['load_after']}. {cfg['blocks']} interleaved blocks of {cfg['block']} steps per arm after "
         f"{cfg['warmup']} warm-up steps; step = cycle from one step's start to the next. "
-        f"Peak memory: {res['memory_kind']}, above the block's start.",
+        f"Peak memory: {res['memory_kind']}, above the block's start. Syncs per step: host-device "
+        "synchronisations counted with torch.cuda.set_sync_debug_mode (CUDA only; n/a on CPU).",
         "",
         "| family | network (params) | batch, size | framework median (ms) | plain median (ms) "
-        "| ratio (median) | ratio (mean) | framework peak (MiB) | plain peak (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ratio (median) | ratio (mean) | framework peak (MiB) | plain peak (MiB) | syncs per step "
+        "(framework / plain) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["families"]:
         fw, pl_ = r["framework"], r["plain"]
@@ -1039,11 +1126,12 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {r['family']} | {r['network']} ({r['parameters'] / 1e6:.2f} M) | {r['batch']}, "
             f"{r['image_size'][0]}x{r['image_size'][1]} | {_f(fw['median_ms'])} | {_f(pl_['median_ms'])} "
             f"| **{_f(r['ratio_median'], 3)}** | {_f(r['ratio_mean'], 3)} | {_f(fw['peak_mib'])} "
-            f"| {_f(pl_['peak_mib'])} |")
+            f"| {_f(pl_['peak_mib'])} | {_f(r['syncs_per_step'], 1)} / {_f(r['plain_syncs_per_step'], 1)} |")
     if res.get("fixed_cost"):
         c0 = res["fixed_cost"][0]
         lines += ["", f"Fixed cost of the framework per step, where it stands out: a tiny step (batch {c0['batch']}, "
-                  f"{c0['image_size'][0]}x{c0['image_size'][1]}), {c0['blocks']} pairs of neighbouring blocks; cost = "
+                  f"{c0['image_size'][0]}x{c0['image_size'][1]}), {c0['blocks']} pairs of neighbouring blocks timed in "
+                  f"{c0['clock']}; cost = "
                   "median over the pairs of (framework - plain) block medians, with its interquartile range. The "
                   "cost does not grow with model or batch, so the ratio at the configuration above is about "
                   "1 + cost / plain step: a tighter figure than the direct ratio of two noisy medians.", "",
@@ -1137,7 +1225,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--breakdown", default="auto", choices=["auto", "always", "never"],
                    help="cost of each framework setting: auto = for families whose implied ratio (or, "
                         "without the fixed-cost run, measured ratio) is above --threshold")
-    p.add_argument("--breakdown-size", type=int, default=64, help="image size of the breakdown's tiny step")
+    p.add_argument("--breakdown-size", type=int, default=32,
+                   help="image size of the tiny step (fixed cost, breakdown; the GANs' networks follow it)")
     p.add_argument("--breakdown-batch", type=int, default=2, help="batch of the breakdown's tiny step")
     p.add_argument("--breakdown-block", type=int, default=8)
     p.add_argument("--breakdown-blocks", type=int, default=5)
@@ -1198,9 +1287,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["families"].append(r)
         print(f"  {name}: framework {r['framework']['median_ms']:.1f} ms, plain {r['plain']['median_ms']:.1f} ms, "
               f"ratio {r['ratio_median']:.3f}")
+        r["fixed_cost_ms"] = None
         if args.cost_blocks:
             c = run_fixed_cost(FAMILIES[name], args, r)
             res["fixed_cost"].append(c)
+            r["fixed_cost_ms"] = c["cost_ms"]
             print(f"  {name}: fixed cost {c['cost_ms']:.2f} ms/step (IQR {c['cost_q1_ms']:.2f} to "
                   f"{c['cost_q3_ms']:.2f}), implied ratio {c['implied_ratio']:.3f}")
         over = res["fixed_cost"][-1]["implied_ratio"] if args.cost_blocks else r["ratio_median"]

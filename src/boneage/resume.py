@@ -19,7 +19,11 @@ logged means lose the batches before the stop. :class:`ExactResume` closes those
 - **signals**: on SIGTERM or SIGUSR1 the callback writes ``last.ckpt`` at the next batch
   boundary (never in the middle of a step) and stops; on SLURM with auto-requeue it then runs
   Lightning's requeue handler (``hpc_ckpt_N.ckpt`` + ``scontrol requeue``), also at the batch
-  boundary;
+  boundary. The signal handlers only set Python flags, and a batch end reads them: nothing is
+  copied from the device and, on one process, nothing is communicated. Under DDP a signal that
+  reached rank 0 stops every rank at the next batch start (Lightning broadcasts rank 0's flag there
+  at every batch anyway) and ``last.ckpt`` is written where they stopped; one that reached only
+  another rank is shared by a collective every ``signal_check_every_n_batches`` batches (10);
 - **atomic writes**: checkpoints are written to a temporary file in the same folder, fsynced and
   renamed (:class:`AtomicCheckpointIO`), so a kill during the write never leaves a corrupt
   ``last.ckpt``.
@@ -61,6 +65,7 @@ TMP_SUFFIX = ".tmp"
 # at the start of fit, naming it, instead of resuming wrongly.
 LIGHTNING_INTERNALS = (
     "trainer._signal_connector.received_sigterm",
+    "trainer._logger_connector.should_update_logs",  # boneage.systems.base.logs_this_step
     "trainer._accelerator_connector.cluster_environment",
     "trainer.fit_loop._data_fetcher",
     "trainer.fit_loop._combined_loader",
@@ -258,9 +263,16 @@ class ExactResume(Callback):
             ``seed_everything`` seed (``PL_GLOBAL_SEED``), else 0.
         reseed_augment: re-seed ``dataset.augment`` (albumentations) before every batch.
         save_on_signal: on SIGTERM/SIGUSR1 write ``last.ckpt`` at the next batch boundary and stop.
+        signal_check_every_n_batches: under DDP, batches between the collectives that share a signal
+            which reached a rank other than 0 (rank 0's is shared at every batch start by Lightning).
     """
 
-    def __init__(self, seed: int | None = None, reseed_augment: bool = True, save_on_signal: bool = True) -> None:
+    def __init__(self, seed: int | None = None, reseed_augment: bool = True, save_on_signal: bool = True,
+                 signal_check_every_n_batches: int = 10) -> None:
+        if signal_check_every_n_batches < 1:
+            raise ValueError(f"signal_check_every_n_batches must be at least 1, got {signal_check_every_n_batches}")
+        self.signal_every = int(signal_check_every_n_batches)
+        self._batches = 0
         self.seed = seed
         self.reseed_augment = reseed_augment
         self.save_on_signal = save_on_signal
@@ -310,7 +322,8 @@ class ExactResume(Callback):
     def _take_over_sigterm(self) -> None:
         """Lightning's SIGTERM handler broadcasts over the process group from inside the handler, which
         deadlocks DDP ranks that are in another collective; ours only takes note (Lightning still
-        shares rank 0's flag at every batch start, and on_train_batch_end shares any rank's)."""
+        shares rank 0's flag at every batch start, and on_train_batch_end shares any rank's every
+        signal_check_every_n_batches batches)."""
         if self.save_on_signal and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)
 
@@ -385,9 +398,18 @@ class ExactResume(Callback):
             self._pending_logs = None
         if not self.save_on_signal:
             return
-        flags = torch.tensor([float(trainer.received_sigterm), float(self._sigusr1)], device=pl_module.device)
-        flags = trainer.strategy.reduce(flags, reduce_op="sum")  # any rank signalled: all ranks save together
-        sigterm, sigusr1 = bool(flags[0] > 0), bool(flags[1] > 0)
+        # Python flags set by the signal handlers: reading them costs nothing
+        sigterm, sigusr1 = bool(trainer.received_sigterm), self._sigusr1
+        if trainer.world_size > 1:
+            # Saving is collective, so every rank must decide alike: on a schedule all ranks keep.
+            # Between checks a signal on rank 0 reaches all ranks through Lightning's broadcast at
+            # the next batch start, and on_exception saves there.
+            self._batches += 1
+            if self._batches % self.signal_every:
+                return
+            flags = torch.tensor([float(sigterm), float(sigusr1)], device=pl_module.device)
+            flags = trainer.strategy.reduce(flags, reduce_op="sum")  # any rank signalled: all save together
+            sigterm, sigusr1 = bool(flags[0] > 0), bool(flags[1] > 0)
         if not (sigterm or sigusr1):
             return
         self._stop_and_save(trainer, "at the end of a batch", sigusr1)

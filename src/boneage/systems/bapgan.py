@@ -27,8 +27,19 @@ optimizer steps, three per iteration here, so ``trainer.max_steps = 3 * 5.0e4 = 
 YAMLs, and ``iteration = global_step // 3`` (logged as ``train/iteration``).
 
 Divergence: a NaN/inf loss term raises ``FloatingPointError`` naming the phase, term, iteration
-and checkpoint folder *before* that phase's optimizer step (all ranks agree under DDP), so the
-weights in memory stay the last finite ones and the checkpoints on disk are untouched.
+and checkpoint folder. The terms are checked on the device every phase and read on the host every
+``check_finite_every_n_steps`` iterations (50), before every checkpoint is written and at the
+epoch end (all ranks agree under DDP): reading a loss on the host every phase would stall a GPU's
+queue three times per iteration. So the weights in memory may already be non-finite when the
+error comes, but no checkpoint is written after the bad iteration: the ones on disk are good.
+``check_finite_every_n_steps: 1`` looks after every iteration.
+
+Mixed precision: under ``16-mixed`` Lightning's one gradient scaler scales every
+``manual_backward``; each optimizer's ``step`` (through Lightning's optimizer wrapper) unscales that
+optimizer's gradients, skips its step alone when they hold inf/NaN, and updates the scale, so
+each phase backpropagates with the scale its predecessor left. Gradient clipping runs in
+``on_before_optimizer_step``, which Lightning calls after the unscale: the clipped norm is the
+norm of the true gradients (clipping before ``step`` would clip the scaled ones).
 
 Age groups: the data module (``data.init_args.n_groups``, ``age_group_years``) and this system
 (``model.init_args.network.init_args.n_groups``, ``model.init_args.age_group_years``) both map
@@ -62,7 +73,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from boneage.metrics.fid import create_fid, fid_name, resolve_extractor, to_fid_input
 from boneage.models.bapgan import BAPGAN, sample_prior
-from boneage.systems.base import save_figure
+from boneage.systems.base import NonFiniteWatch, logs_this_step, save_figure
 from boneage.systems.gan_losses import (
     age_to_group,
     d_adversarial_bce,
@@ -122,7 +133,9 @@ class BAPGANSystem(pl.LightningModule):
                  age_group_years: float = 4.0,      # [0-3] [4-7] [8-11] [12-15] [16-19]
                  fid_feature_extractor: str = "auto",   # inception if the weights file exists
                  inception_weights: str | None = None,
-                 n_grid: int = 8) -> None:          # test images in the progression grid
+                 n_grid: int = 8,                   # test images in the progression grid
+                 check_finite_every_n_steps: int = 50) -> None:  # iterations between host reads of the
+        #                                                         losses' finiteness flag (see module doc)
         super().__init__()
         self.save_hyperparameters(ignore=["network"])
         self.automatic_optimization = False
@@ -136,6 +149,7 @@ class BAPGANSystem(pl.LightningModule):
                                       for s in ("val", "test")})
         self.val_recon_best = torchmetrics.MinMetric()
         self._grid_done = False
+        self._finite = NonFiniteWatch(check_finite_every_n_steps)
 
     def setup(self, stage: str) -> None:
         check_age_groups(self, getattr(self.trainer, "datamodule", None))
@@ -154,7 +168,9 @@ class BAPGANSystem(pl.LightningModule):
         return self.trainer.global_step // len(self.phases)
 
     def labels(self, age: torch.Tensor) -> torch.Tensor:
-        groups = age_to_group(age.float(), self.hparams.age_group_years, self.n_groups)
+        # no host check of the ages here (a GPU synchronisation every step): the data modules refuse
+        # negative ages naming the row, and any other age maps to a group
+        groups = age_to_group(age.float(), self.hparams.age_group_years, self.n_groups, check=False)
         return smooth_age_labels(groups, self.n_groups, self.hparams.label_smoothing)
 
     def loss_eg(self, s: dict) -> dict[str, torch.Tensor]:
@@ -200,34 +216,59 @@ class BAPGANSystem(pl.LightningModule):
         state = {"x": batch["image"], "labels": self.labels(batch["age"]).to(batch["image"].dtype)}
         optimizers = self.optimizers()
         logs: dict[str, torch.Tensor] = {}
+        step, log_now = self.trainer.global_step, logs_this_step(self)  # log on the steps the loggers write
         for phase, opt in zip(self.phases, optimizers):
             self.toggle_optimizer(opt)
             terms = phase.loss(state)
-            self._stop_if_not_finite(phase, terms)
+            self._finite.update(terms, (phase.name, step))  # on the device: no host read here
             opt.zero_grad(set_to_none=True)
             self.manual_backward(terms["loss"])
-            if self.hparams.gradient_clip_val:
-                self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val,
-                                    gradient_clip_algorithm="norm")
-            opt.step()
+            opt.step()  # unscales (16-mixed), on_before_optimizer_step clips, steps unless inf/NaN
             self.untoggle_optimizer(opt)
-            logs.update({f"train/{phase.name}_{k}": v.detach() for k, v in terms.items()})
-        logs["train/iteration"] = torch.tensor(float(self.iteration))
-        self.log_dict(logs, batch_size=len(state["x"]))
-        self.log("train/recon_l2", logs["train/eg_recon_l2"], prog_bar=True, batch_size=len(state["x"]))
+            step += 1
+            if log_now:
+                logs.update({f"train/{phase.name}_{k}": v.detach() for k, v in terms.items()})
+        if log_now:
+            # a device scalar made by a fill: logging a Python number copies it to the device, and a
+            # copy from host memory waits for the device
+            logs["train/iteration"] = torch.full((), float(self.iteration), device=self.device)
+            logs["train/recon_l2"] = logs["train/eg_recon_l2"]
+            # nothing in the progress bar: it reads its values on the host at every refresh
+            self.log_dict(logs, batch_size=len(state["x"]))
+        if self._finite.due():
+            self.raise_if_not_finite()
 
-    def _stop_if_not_finite(self, phase: Phase, terms: dict[str, torch.Tensor]) -> None:
-        finite = torch.stack([v.detach().float() for v in terms.values()]).isfinite().all()
-        if self.trainer.strategy.reduce_boolean_decision(bool(finite), all=True):
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after unscaling the optimizer's gradients (16-mixed): true norms
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_not_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.raise_if_not_finite()  # never write a checkpoint after a non-finite loss
+
+    def on_train_end(self) -> None:
+        self.raise_if_not_finite()
+
+    def raise_if_not_finite(self) -> None:
+        """Read the device-side finiteness record (all ranks together); raise if a loss was not finite."""
+        if self._trainer is None or self.trainer.state.fn != "fit":
             return
-        bad = {k: float(v.detach()) for k, v in terms.items() if not torch.isfinite(v.detach()).all()}
+        found = self._finite.check(self.trainer.strategy)
+        if found is None:
+            return
+        (phase, global_step), term, kind = found
         ckpt_dir = getattr(self.trainer.checkpoint_callback, "dirpath", None)
         raise FloatingPointError(
-            f"GAN diverged: non-finite loss in phase '{phase.name}' at iteration {self.iteration} "
-            f"(global_step {self.trainer.global_step}) on at least one rank: {bad or 'another rank'}. "
-            f"Stopped before this phase's optimizer step; the last good checkpoint is kept in "
-            f"{ckpt_dir or 'the checkpoint folder'}. Lower the learning rates or set "
-            f"model.gradient_clip_val, then resume with --ckpt_path last.")
+            f"GAN diverged: non-finite loss in phase '{phase}' at iteration {global_step // len(self.phases)} "
+            f"(global_step {global_step}) on at least one rank: '{term}' is {kind} (the first non-finite term; "
+            f"losses are read on the host every {self._finite.every} iterations, "
+            f"model.init_args.check_finite_every_n_steps, and before every checkpoint). No checkpoint was "
+            f"written after it; the last good checkpoint is kept in {ckpt_dir or 'the checkpoint folder'}. "
+            "Lower the learning rates or set model.gradient_clip_val, then resume with --ckpt_path last.")
 
     # ------------------------------------------------------------------ evaluation
     @property

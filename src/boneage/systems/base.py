@@ -94,3 +94,72 @@ def write_predict_outputs(module: pl.LightningModule, frame_fn, units: str) -> N
     path = run_dir(module.trainer) / "predictions.csv"
     frame.to_csv(path, index=False)
     print(f"wrote {len(frame)} predicted bone ages ({units}) to {path}")
+
+
+def logs_this_step(module: pl.LightningModule) -> bool:
+    """Whether the loggers write this training step's values (Lightning writes on_step values every
+    ``trainer.log_every_n_steps`` steps and drops the others).
+
+    Each ``self.log`` call costs Lightning's result bookkeeping (tens to hundreds of microseconds of
+    Python, ``_ResultMetric.to`` walking every logged value); a GAN logging a dozen terms per step
+    spent several milliseconds per step on values no logger wrote. Logging only on these steps keeps
+    metrics.csv and TensorBoard the same; ``trainer.callback_metrics`` then holds the last written
+    step's values (``trainer.log_every_n_steps: 1`` logs every step).
+    """
+    connector = getattr(module.trainer, "_logger_connector", None)  # Lightning's own rule, as it decides
+    return connector is None or bool(connector.should_update_logs)
+
+
+class NonFiniteWatch:
+    """Non-finite loss values looked for on the host only every ``every`` steps.
+
+    Reading a loss on the host (``bool(t)``, ``float(t)``, ``.item()``) waits for the device to
+    finish everything queued so far: on a GPU, doing it every step stops the CPU from queueing the
+    next step's kernels. ``update`` only keeps (detached) references to the step's loss terms;
+    ``check`` stacks everything kept since the last check, finds the first non-finite value on the
+    device and reads one number (one device-to-host copy and, under DDP, one collective), and says
+    where it was. The systems call ``check`` every ``every`` training steps, before every
+    checkpoint is written and at the epoch and training end, so a run that diverged never writes a
+    checkpoint after the bad step. Paper is silent (not a paper setting): every 50 steps by
+    default, Lightning's own ``log_every_n_steps``, where the loggers read the losses anyway.
+    """
+
+    NONE = 2**62  # code of "all finite"
+
+    def __init__(self, every: int = 50) -> None:
+        if int(every) < 1:
+            raise ValueError(f"check_finite_every_n_steps must be at least 1, got {every}")
+        self.every = int(every)
+        self._kept: list[tuple[object, tuple[str, ...], list[torch.Tensor]]] = []
+        self._steps = 0
+
+    def update(self, terms: dict[str, torch.Tensor], where: object) -> None:
+        """Keep ``terms`` (scalar losses) for the next check; ``where`` says when (any object)."""
+        self._kept.append((where, tuple(terms), [v.detach() for v in terms.values()]))
+
+    def due(self) -> bool:
+        """Count one training step; True every ``every`` steps (the caller then calls ``check``)."""
+        self._steps += 1
+        return self._steps % self.every == 0
+
+    def check(self, strategy: object | None = None) -> tuple[object, str, str] | None:
+        """``(where, term, "nan" or "inf")`` of the first non-finite value since the last check on any
+        rank (``strategy.reduce`` takes the minimum over ranks: every rank must call it at the same
+        point), or None when all were finite. Starts a new window."""
+        kept, self._kept = self._kept, []
+        if not kept:
+            return None
+        values = torch.stack([v.float().reshape(()) for _, _, vals in kept for v in vals])
+        codes = torch.arange(len(values), device=values.device) * 2 + values.isnan().long()  # +1: nan
+        first = torch.where(values.isfinite(), self.NONE, codes).min()
+        if strategy is not None:
+            first = strategy.reduce(first, reduce_op="min")
+        code = int(first)
+        if code >= self.NONE:
+            return None
+        index, is_nan = divmod(code, 2)
+        for where, names, vals in kept:
+            if index < len(vals):
+                return where, names[index], "nan" if is_nan else "inf"
+            index -= len(vals)
+        raise AssertionError("unreachable")

@@ -22,9 +22,12 @@ N_AGE_GROUPS = 5
 
 
 def age_to_group(age_years: torch.Tensor, group_years: float = AGE_GROUP_YEARS,
-                 n_groups: int = N_AGE_GROUPS) -> torch.Tensor:
-    """Age in years -> group index (int64): [0-3] -> 0, ..., [16-19] -> 4 (ages >= 20 -> last)."""
-    if torch.any(age_years < 0):
+                 n_groups: int = N_AGE_GROUPS, check: bool = True) -> torch.Tensor:
+    """Age in years -> group index (int64): [0-3] -> 0, ..., [16-19] -> 4 (ages >= 20 -> last).
+
+    ``check``: refuse negative ages (reads the ages on the host: a GPU synchronisation; the training
+    step skips it because the data modules refuse such rows when they read the table)."""
+    if check and torch.any(age_years < 0):
         raise ValueError(f"ages must be >= 0 years, got min {float(age_years.min())}")
     return torch.clamp(torch.div(age_years, group_years, rounding_mode="floor"), 0, n_groups - 1).long()
 

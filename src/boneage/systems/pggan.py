@@ -25,6 +25,19 @@ loader's batch is independent of the schedule: its images are queued and consume
 the schedule's per-device batch, so every loaded image is shown once and ``data.batch_size``
 only sets how many images are read at a time (paper is silent: chose a queue because Lightning
 fixes a loader's batch for a whole run while the schedule's batch changes with resolution).
+
+Divergence: the losses are checked for NaN/inf on the device every step and read on the host every
+``check_finite_every_n_steps`` steps (50), before every checkpoint or snapshot is written and at the
+epoch end (``NonFiniteWatch``): no host synchronisation per step, and no checkpoint after a bad step.
+
+Mixed precision: under ``16-mixed`` Lightning's gradient scaler scales each ``manual_backward``, and
+each optimizer's ``step`` unscales its own gradients and skips that step alone when they hold
+inf/NaN. The gradient penalty differentiates the critic's scores inside the step, outside
+``manual_backward``: it takes the gradient of the scores times the current scale and divides the
+scale out in float32 (as the official code's ``apply_loss_scaling``/``undo_loss_scaling``), so
+small fp16 gradients do not flush to zero. Under a scaler the penalty (and the D total holding it)
+overflows to inf while the scale is too high; that is the scaler's business (the D step is
+skipped and the scale lowered), so the divergence check then looks at the other terms only.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ from boneage.metrics.gan_metrics import (
 )
 from boneage.metrics.swd import SlicedWassersteinDistance
 from boneage.models.pggan import PGGANDiscriminator, PGGANGenerator, fade_images, num_levels
+from boneage.systems.base import NonFiniteWatch, logs_this_step
 from boneage.systems.pggan_losses import wgan_g_loss, wgan_gp_d_loss
 
 # official preset-v2-4gpus with the fp32 caps (max 4 per GPU at 1024, 8 at 512, 16 at 256): totals
@@ -169,6 +183,8 @@ class PGGANSystem(pl.LightningModule):
         reset_adam_on_growth: clear Adam state at the start of every fade-in and every stabilise
             phase (official ``reset_opt_for_new_lod``).
         samples: number of fixed latents in the sample grids written at every phase change.
+        check_finite_every_n_steps: steps between host reads of the losses' finiteness record (50;
+            see the module docstring).
     """
 
     monitor: str | None = None  # no "best" GAN checkpoint: last checkpoints only
@@ -193,6 +209,7 @@ class PGGANSystem(pl.LightningModule):
         ema_beta: float = 0.999,
         reset_adam_on_growth: bool = True,
         samples: int = 16,
+        check_finite_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
         if generator.resolution != discriminator.resolution:
@@ -210,6 +227,7 @@ class PGGANSystem(pl.LightningModule):
         self.images_shown = 0
         self._phase_index: int | None = None
         self._queue: Tensor | None = None  # loaded images not yet shown (fewer than one step's batch)
+        self._finite = NonFiniteWatch(check_finite_every_n_steps)
         g = torch.Generator().manual_seed(1234)
         self.register_buffer("sample_latents", torch.randn(samples, generator.latent_dim, generator=g))
 
@@ -223,6 +241,7 @@ class PGGANSystem(pl.LightningModule):
         return self.lrs.get(resolution, self.hparams.lr)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.raise_if_not_finite()  # never write a checkpoint after a non-finite loss
         checkpoint["pggan_growth"] = {"images_shown": self.images_shown, "state": asdict(self.growth),
                                       "schedule": self.schedule.config()}
 
@@ -309,8 +328,13 @@ class PGGANSystem(pl.LightningModule):
             if self.images_shown >= self.total_images:
                 self.trainer.should_stop = True
         self._queue = queue if len(queue) else None
-        if last is not None:
+        if last is not None and logs_this_step(self):  # only the steps the loggers write (logs_this_step)
             self._log_step(*last)
+        if self._finite.due():
+            self.raise_if_not_finite()
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_not_finite()
 
     def _step(self, real: Tensor, state: GrowthState, opt_g, opt_d) -> dict[str, Tensor]:
         """One D phase (or ``n_critic``), one G phase and the EMA update on one batch of reals."""
@@ -324,12 +348,16 @@ class PGGANSystem(pl.LightningModule):
         def critic(x: Tensor) -> Tensor:
             return self.discriminator(x, level, alpha)
 
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # 16-mixed: Lightning's GradScaler
+        # the current scale as a device tensor (no host read), for the gradient penalty
+        scale = None if scaler is None else scaler.scale(torch.ones((), device=real.device))
         # --- D phase(s)
         self.toggle_optimizer(opt_d)
         for _ in range(self.hparams.n_critic):
             with torch.no_grad():
                 fake = self.generator(self._latents(n, real), level, alpha)
-            parts = wgan_gp_d_loss(critic, real, fake, self.hparams.gp_weight, self.hparams.drift_weight)
+            parts = wgan_gp_d_loss(critic, real, fake, self.hparams.gp_weight, self.hparams.drift_weight,
+                                   grad_scale=scale)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(parts["loss"])
             opt_d.step()
@@ -343,7 +371,9 @@ class PGGANSystem(pl.LightningModule):
         self.untoggle_optimizer(opt_g)
         # --- EMA
         self._update_ema()
-        self._check_finite(parts["loss"], g_loss, state)
+        checked = {"d_loss": parts["loss"], "gp": parts["gp"]} if scaler is None else {}
+        self._finite.update({**checked, "wgan": parts["wgan"], "drift": parts["drift"], "g_loss": g_loss},
+                            (self.images_shown, state))
         self.images_shown += n * self.trainer.world_size
         return {**parts, "g_loss": g_loss.detach(), "n": n, "lr": lr}
 
@@ -353,9 +383,10 @@ class PGGANSystem(pl.LightningModule):
                "train/wgan": parts["wgan"], "train/drift": parts["drift"],
                "train/kimg": self.images_shown / 1000.0, "train/resolution": float(state.resolution),
                "train/alpha": state.alpha, "train/level": float(state.level), "train/lr": parts["lr"]}
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in log.items()},
-                      prog_bar=False, batch_size=n)
-        self.log("train/loss_d", parts["loss"].detach(), prog_bar=True, batch_size=n, logger=False)
+        # host numbers as device scalars made by a fill (a copy from host memory would wait for the
+        # device); nothing in the progress bar, which reads its values on the host at every refresh
+        self.log_dict({k: v.float() if torch.is_tensor(v) else torch.full((), float(v), device=self.device)
+                       for k, v in log.items()}, batch_size=n)
 
     def _latents(self, n: int, like: Tensor) -> Tensor:
         return torch.randn(n, self.generator.latent_dim, device=like.device, dtype=like.dtype)
@@ -378,15 +409,22 @@ class PGGANSystem(pl.LightningModule):
         for b_ema, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
             b_ema.copy_(b)
 
-    def _check_finite(self, d_loss: Tensor, g_loss: Tensor, state: GrowthState) -> None:
-        if torch.isfinite(d_loss).all() and torch.isfinite(g_loss).all():
+    def raise_if_not_finite(self) -> None:
+        """Read the device-side finiteness record (all ranks together); raise if a loss was not finite."""
+        if self._trainer is None or self.trainer.state.fn != "fit":
             return
+        found = self._finite.check(self.trainer.strategy)
+        if found is None:
+            return
+        (shown, state), term, kind = found
         raise FloatingPointError(
-            f"PGGAN diverged: D loss {float(d_loss.detach()):.4g}, G loss {float(g_loss.detach()):.4g} at "
-            f"{self.images_shown} images shown ({state.resolution} px, {state.phase}, alpha {state.alpha:.3f}). "
-            "Training stopped; the last good checkpoint and the periodic snapshots are kept in the run's "
-            "checkpoints/ folder. Lower the learning rate or lengthen the fade-in (model.init_args.fade_images) "
-            "and resume with --ckpt_path last or --ckpt_path <snapshot file>.")
+            f"PGGAN diverged: {term} is {kind} at {shown} images shown ({state.resolution} px, {state.phase}, "
+            f"alpha {state.alpha:.3f}) on at least one rank (the first non-finite term; losses are read on the "
+            f"host every {self._finite.every} steps, model.init_args.check_finite_every_n_steps, and before "
+            "every checkpoint). Training stopped; no checkpoint was written after it: the last good checkpoint "
+            "and the periodic snapshots are kept in the run's checkpoints/ folder. Lower the learning rate or "
+            "lengthen the fade-in (model.init_args.fade_images) and resume with --ckpt_path last or "
+            "--ckpt_path <snapshot file>.")
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         kw = {"lr": self.lr_at(self.growth.resolution), "betas": tuple(self.hparams.betas), "eps": self.hparams.eps}
@@ -453,6 +491,7 @@ class PGGANSystem(pl.LightningModule):
         save_figure(self.trainer, fig, name)
 
     def on_train_end(self) -> None:
+        self.raise_if_not_finite()
         self.save_samples("samples_final")
 
 

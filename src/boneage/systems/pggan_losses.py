@@ -36,11 +36,18 @@ def gradient_penalty(
     weight: float = 10.0,
     target: float = 1.0,
     mix: Tensor | None = None,
+    grad_scale: Tensor | None = None,
 ) -> Tensor:
     """``weight * mean((||grad_x critic(x)||_2 - target)^2) / target^2`` at ``x = lerp(real, fake, u)``.
 
     ``u ~ U(0, 1)`` per sample unless ``mix`` [B] is given (tests). The graph is kept
     (``create_graph``) so the penalty back-propagates into the critic's parameters.
+
+    ``grad_scale`` (fp16 mixed precision: the gradient scaler's current scale, a tensor): the
+    gradient is taken of ``scale * sum(scores)`` and the scale divided out in float32, so the
+    critic's fp16 backward runs on scaled values and small gradients do not flush to zero (the
+    official code's ``apply_loss_scaling`` / ``undo_loss_scaling``). An overflow makes the penalty
+    inf, and the gradient scaler then skips the step and lowers the scale.
     """
     if real.shape != fake.shape:
         raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} must have the same shape")
@@ -48,9 +55,12 @@ def gradient_penalty(
         mix = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
     u = mix.view(-1, *([1] * (real.ndim - 1))).to(real.dtype)
     x = torch.lerp(real.detach(), fake.detach().to(real.dtype), u).requires_grad_(True)  # bf16 fakes
-    scores = critic(x)
-    (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
-    norms = grad.float().flatten(1).norm(dim=1)
+    out = critic(x).float().sum()
+    if grad_scale is not None:
+        out = out * grad_scale
+    (grad,) = torch.autograd.grad(out, x, create_graph=True)
+    grad = grad.float() if grad_scale is None else grad.float() / grad_scale
+    norms = grad.flatten(1).norm(dim=1)
     return weight * ((norms - target) ** 2).mean() / target**2
 
 
@@ -61,13 +71,14 @@ def wgan_gp_d_loss(
     gp_weight: float = 10.0,
     drift_weight: float = 0.001,
     gp_target: float = 1.0,
+    grad_scale: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Full critic objective; returns the total and its parts (``loss``, ``wgan``, ``gp``, ``drift``,
-    ``real_score``, ``fake_score``) for logging."""
+    ``real_score``, ``fake_score``) for logging. ``grad_scale``: see :func:`gradient_penalty`."""
     real_scores = critic(real)
     fake_scores = critic(fake.detach())
     wgan = wgan_d_loss(real_scores, fake_scores)
-    gp = gradient_penalty(critic, real, fake, gp_weight, gp_target)
+    gp = gradient_penalty(critic, real, fake, gp_weight, gp_target, grad_scale=grad_scale)
     drift = drift_penalty(real_scores, drift_weight)
     return {
         "loss": wgan + gp + drift,
