@@ -111,12 +111,12 @@ class AgeGroupLocalizer(pl.LightningModule):
         self.register_buffer("inner_edges", torch.tensor(edges[1:-1], dtype=torch.float32))
         self.register_buffer("centres", torch.tensor([(a + b) / 2 for a, b in zip(edges, edges[1:])]),
                              persistent=False)
-        accuracy = MulticlassAccuracy(num_classes=network.num_classes, average="micro")
+        accuracy = MulticlassAccuracy(num_classes=network.num_classes, average="micro", validate_args=False)
         metrics = MetricCollection({"acc": accuracy})
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
         self.val_acc_best = MaxMetric()
         self._exporter: RoiExporter | None = None
 

@@ -211,10 +211,10 @@ class TJNetSystem(pl.LightningModule):
             setattr(self, f"{stage}_metrics", regression.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_years", years.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_class_years", class_years.clone(prefix=f"{stage}/"))
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(self.num_classes, average="micro"))
-            setattr(self, f"{stage}_loss", MeanMetric())
-        self.train_ce = MeanMetric()
-        self.train_mad_cls = MeanMetric()
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(self.num_classes, average="micro", validate_args=False))
+            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+        self.train_ce = MeanMetric(nan_strategy="disable")
+        self.train_mad_cls = MeanMetric(nan_strategy="disable")
         self.val_mae_best = MinMetric()
         self.age_units = "years"
         self._outputs: list[dict[str, torch.Tensor]] = []
