@@ -34,6 +34,10 @@ help:
 	@echo "make runs [EXP=name]                                  list the runs (lightning_logs/<exp>/<run id>/)"
 	@echo "make slurm EXP=name [NODES=1] [GPUS=4] [ARGS=...]   fill experiments/slurm/*.sbatch and submit it"
 	@echo "make sweep EXP=name [COUNT=n] [WANDB_PROJECT=boneage] [WANDB_ENTITY=team]   create the W&B sweep experiments/sweeps/name.yaml, start an agent"
+	@echo "make report [RUNS_DIR=] [OUT=reports]            the reproduction report (tables, figures, claims) from finished runs"
+	@echo "make reproduce-mini [PAPER=name] [FORCE=1]       every paper's CPU miniature (resumable), then make report"
+	@echo "make paper-steps [EXP=name] | gpu-check [DRY=1]  each YAML at paper size for 2 steps | the prepared GPU check"
+	@echo "boneage predict-folder --run EXP/ID ... INPUT | boneage serve --run EXP/ID   use trained runs (README)"
 	@echo "make test | test-slow | lint"
 	@echo "experiments: $(EXPERIMENTS)"
 
