@@ -432,7 +432,9 @@ class Family:
     plain_step: Callable[[dict[str, Any], Batch, PlainLoop], None]
     prepare: Callable[[Any], None] | None = None  # puts the system into the state to time
     batch_args: tuple[str, ...] = ()  # further overrides that follow --batch ("{batch}" replaced)
-    tiny_args: tuple[str, ...] = ()  # network overrides for the tiny step ("{size}": --breakdown-size)
+    # network overrides for the tiny step ("{size}": --breakdown-size): the smallest network of the
+    # family's kind, so that the step is a few ms and the framework's fixed cost stands out of the noise
+    tiny_args: tuple[str, ...] = ()
 
     def present(self) -> bool:
         try:
@@ -447,16 +449,18 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("regressor", "regressor_rsna", "boneage.systems.regression",
            (f"{NET}backbone", "resnet10t", f"{NET}hidden", "[64]", f"{NET}dropout", "0.0",
             "--data.init_args.image_size", "[128, 128]", "--data.init_args.batch_size", "32"),
-           regressor_setup, regressor_step),
+           regressor_setup, regressor_step, tiny_args=(f"{NET}backbone", "test_resnet", f"{NET}hidden", "[16]")),
     Family("tjnet", "tjnet_rsna", "boneage.systems.tjnet",
            (f"{NET}width", "0.25", f"{NET}sex_units", "16", f"{NET}age_hidden", "[64, 32]",
             f"{NET}sex_hidden", "32", "--model.init_args.heatmap_images", "0",
             "--data.init_args.image_size", "[128, 128]", "--data.init_args.batch_size", "32"),
-           tjnet_setup, tjnet_step),
+           tjnet_setup, tjnet_step,
+           tiny_args=(f"{NET}width", "0.125", f"{NET}sex_units", "8", f"{NET}age_hidden", "[16, 16]",
+                      f"{NET}sex_hidden", "16")),
     Family("roi", "roi_localizer_scinti", "boneage.systems.roi",
            (f"{NET}backbone", "resnet10t", "--model.init_args.max_figures", "0",
             "--data.init_args.image_size", "[320, 96]", "--data.init_args.batch_size", "32"),
-           roi_setup, roi_step),
+           roi_setup, roi_step, tiny_args=(f"{NET}backbone", "test_resnet")),
     Family("bapgan", "bapgan_femur", "boneage.systems.bapgan",
            (f"{NET}image_size", "64", f"{NET}width", "0.25", "--model.init_args.fid_feature_extractor", "randconv",
             "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "32"),
@@ -783,8 +787,8 @@ def block_costs(framework: list[float], plain: list[float], block: int) -> list[
 
 
 def _tiny(args: argparse.Namespace, blocks: int) -> argparse.Namespace:
-    """The tiny step: the small scale's networks (the framework's fixed cost does not depend on the
-    network, and the paper-size GANs cannot take tiny images) at ``--breakdown-size``/``-batch``."""
+    """The tiny step: the family's smallest networks (``Family.tiny_args``: the framework's fixed cost
+    does not depend on the network, and a few-ms step lets it stand out) at ``--breakdown-size``/``-batch``."""
     tiny = copy.copy(args)
     tiny.scale = "tiny" if args.scale == "tiny" else "small"
     tiny.image_size, tiny.batch, tiny.tiny_step = args.breakdown_size, args.breakdown_batch, True

@@ -1,11 +1,13 @@
-"""Small callbacks the CLI adds: sample images of the training data for whichever logger is active."""
+"""Small callbacks the CLI adds: sample images of the training data for whichever logger is active,
+one line per epoch when the progress bar is off, and a progress bar that redraws on a clock."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 
 from boneage.systems.base import save_figure
 
@@ -66,14 +68,10 @@ class EpochLines(Callback):
         self._pending: tuple[int, int, float] | None = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        import time
-
         self._flush(trainer, pl_module)
         self._start = time.time()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        import time
-
         if not trainer.sanity_checking:
             self._pending = (trainer.current_epoch, trainer.global_step, time.time() - self._start)
 
@@ -90,3 +88,34 @@ class EpochLines(Callback):
         shown = [f"{k} {float(metrics[k]):.4g}" for k in dict.fromkeys(keys) if k in metrics]
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         print(f"epoch {epoch + 1}{total}  step {step}  " + "  ".join(shown) + f"  ({seconds:.0f} s)", flush=True)
+
+
+class TimedProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, redrawn at most every ``interval`` seconds instead of at every batch.
+
+    Redrawing the bar (formatting, a terminal write and the logged values for its postfix) costs
+    about a millisecond of Python per batch: as much as a small model's whole step and, on a GPU,
+    time the host does not spend queueing work. Checking the clock costs a microsecond. The last batch
+    of an epoch is always drawn. The CLI uses this bar wherever the progress bar is on and the config
+    names no progress bar of its own. Paper is silent (not a paper setting): chose 0.5 s because the bar
+    still moves smoothly to the eye.
+
+    Args:
+        interval: least seconds between two redraws of a bar.
+    """
+
+    def __init__(self, interval: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if interval < 0:
+            raise ValueError(f"TimedProgressBar interval must be >= 0 seconds, got {interval}")
+        self.interval = float(interval)
+        self._drawn = float("-inf")
+
+    def _should_update(self, current: int, total: int) -> bool:
+        if not super()._should_update(current, total):
+            return False
+        now = time.monotonic()
+        if current == total or now - self._drawn >= self.interval:
+            self._drawn = now
+            return True
+        return False

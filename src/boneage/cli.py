@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning import LightningModule, Trainer
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from boneage import runs
-from boneage.callbacks import EpochLines, TrainingSamples
+from boneage.callbacks import EpochLines, TimedProgressBar, TrainingSamples
 from boneage.resume import ExactResume
 from boneage.runs import RUN_FILE, RUNS_DIR, Run, RunError
 
@@ -224,6 +224,7 @@ class BoneAgeCLI(LightningCLI):
         name, exp_dir = self._experiment()
         if not self.subcommand and cfg["trainer"].get("logger") is False:
             self.run = None  # BoneAgeCLI(run=False) building objects in Python, logging off: no run
+            self.save_config_callback = None  # no run folder to keep the recipe in (it would land in the cwd)
             return
         recipe = cfg.clone()
         recipe["experiment"], recipe["run"] = name, None
@@ -361,6 +362,9 @@ class BoneAgeCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         cfg = self._cfg()
+        if config.get("enable_progress_bar") is not False and not any(
+                isinstance(c, ProgressBar) for c in [*(config.get("callbacks") or []), *callbacks]):
+            callbacks = [*callbacks, TimedProgressBar()]  # Lightning's bar, redrawn on a clock (callbacks.py)
         if self.run is None:
             return super()._instantiate_trainer(config, callbacks)
         own = [c for c in (config.get("callbacks") or []) if isinstance(c, ModelCheckpoint)]

@@ -492,23 +492,9 @@ def _bench(out: Path, dry: bool, timeout: float) -> tuple[dict[str, dict], str |
     res = json.loads(file.read_text())
     by: dict[str, dict] = {}
     for fam in res.get("families", []):
-        syncs = _find_number(fam, "sync")
-        by[fam["family"]] = {"step_ms": (fam.get("framework") or {}).get("median_ms"),
-                             "ratio": fam.get("ratio_median"), "syncs_per_step": syncs}
+        by[fam["family"]] = {"step_ms": fam.get("framework_ms"), "ratio": fam.get("ratio"),
+                             "syncs_per_step": fam.get("syncs_per_step")}  # the bench's flat headline keys
     return by, None
-
-
-def _find_number(node: Any, word: str) -> float | None:
-    """The first number under a key containing ``word`` in nested results (the bench's syncs per step)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if word in str(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
-                return value
-        for value in node.values():
-            found = _find_number(value, word)
-            if found is not None:
-                return found
-    return None
 
 
 BENCH_NAMES = {"xception_rsna": "regressor", "tjnet_rsna": "tjnet", "roi_localizer_scinti": "roi",

@@ -21,7 +21,14 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric
 
-from boneage.systems.base import gather_outputs, prediction_frame, run_dir, save_figure, write_predict_outputs
+from boneage.systems.base import (
+    MetricInputs,
+    gather_outputs,
+    prediction_frame,
+    run_dir,
+    save_figure,
+    write_predict_outputs,
+)
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
 
@@ -82,6 +89,8 @@ class AgeRegressor(pl.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
         self.val_mae_best = MinMetric()
+        self._metric_inputs = MetricInputs()  # per-step updates, handed over together (base.MetricInputs)
+        self.register_state_dict_pre_hook(self._metric_inputs.flush)  # checkpoints hold every step's
         self._outputs: list[dict[str, torch.Tensor]] = []
         self.age_units = "units"
 
@@ -105,12 +114,12 @@ class AgeRegressor(pl.LightningModule):
         target = (batch["age"].float() - self.age_mean) / self.age_std
         loss = self.loss_fn(z, target)
         pred = z.detach() * self.age_std + self.age_mean
-        # Update here, log once per epoch: self.log of a metric object on every step costs more
-        # than the step of a small model (make bench found it). MeanMetric(nan_strategy="disable") and
-        # validate_args=False skip torchmetrics' per-update host checks (a device-to-host copy each step):
-        # a NaN loss then shows as NaN in the epoch's value instead of being dropped with a warning.
-        getattr(self, f"{stage}_metrics").update(pred, batch["age"].float())
-        getattr(self, f"{stage}_loss").update(loss.detach())
+        # Kept here, updated every 50 steps and logged once per epoch: self.log of a metric object, or a
+        # torchmetrics update, on every step costs more than the step of a small model (make bench found
+        # it). MeanMetric(nan_strategy="disable") skips torchmetrics' per-update host check (a
+        # device-to-host copy): a NaN loss then shows as NaN in the epoch's value instead of being dropped.
+        self._metric_inputs.add(getattr(self, f"{stage}_metrics"), pred, batch["age"].float())
+        self._metric_inputs.add(getattr(self, f"{stage}_loss"), loss.detach())
         return {"loss": loss, "pred": pred}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -120,6 +129,7 @@ class AgeRegressor(pl.LightningModule):
         self.model_step(batch, "val")
 
     def _log_epoch(self, stage: str) -> None:
+        self._metric_inputs.flush()
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage == "train")
         self.log_dict(getattr(self, f"{stage}_metrics"), prog_bar=stage == "val")
 

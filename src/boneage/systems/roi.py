@@ -49,7 +49,7 @@ from boneage.analysis.gradcam import grad_cam
 from boneage.analysis.roi import RoiExporter
 from boneage.models.roi import AgeGroupClassifier
 from boneage.phantoms.common import METADATA_FILE
-from boneage.systems.base import figures_dir, run_dir
+from boneage.systems.base import MetricInputs, figures_dir, run_dir
 
 SPLITS = ("train", "val", "test")
 
@@ -118,6 +118,8 @@ class AgeGroupLocalizer(pl.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
         self.val_acc_best = MaxMetric()
+        self._metric_inputs = MetricInputs()  # per-step updates, handed over together (base.MetricInputs)
+        self.register_state_dict_pre_hook(self._metric_inputs.flush)  # checkpoints hold every step's
         self._exporter: RoiExporter | None = None
 
     # --- training ------------------------------------------------------------------------
@@ -132,13 +134,14 @@ class AgeGroupLocalizer(pl.LightningModule):
         logits = self.network(batch["image"])
         target = self.age_group(batch["age"])
         loss = F.cross_entropy(logits, target)
-        # Update here, log once per epoch (_log_epoch): per-step self.log of metric objects
-        # costs more than a small model's step (make bench found it).
-        getattr(self, f"{stage}_metrics").update(logits.detach(), target)
-        getattr(self, f"{stage}_loss").update(loss.detach())
+        # Kept here, updated every 50 steps, logged once per epoch (_log_epoch): per-step self.log of
+        # metric objects, or torchmetrics updates, cost more than a small model's step (make bench found it).
+        self._metric_inputs.add(getattr(self, f"{stage}_metrics"), logits.detach(), target)
+        self._metric_inputs.add(getattr(self, f"{stage}_loss"), loss.detach())
         return loss
 
     def _log_epoch(self, stage: str) -> None:
+        self._metric_inputs.flush()
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage == "train")
         self.log_dict(getattr(self, f"{stage}_metrics"), prog_bar=stage == "val")
 
