@@ -91,3 +91,10 @@ def test_a_named_run_that_does_not_exist_is_one_clear_line(tiny_runs, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("report: no fit run 'nope'") and "tjnet_rsna" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r" / "report.html").exists()
+
+
+def test_age_accuracy_a_hair_above_chance_is_not_a_holding_claim():
+    # BAPGAN femur miniature: 63 of 310 renders in the target group, 5 groups (chance 20 %)
+    assert not cl.above_chance(100 * 63 / 310, 20.0, 310)[0]
+    assert cl.above_chance(100 * 90 / 310, 20.0, 310)[0]  # 29 %: p < 0.001
+    assert "p = " in cl.above_chance(25.0, 20.0, 310)[1]
