@@ -20,7 +20,8 @@ class _SeedEachStep(pl.Callback):
         torch.manual_seed(123)
 
 
-def _one_step_both_ways(system: pl.LightningModule, family: bench.Family, batch: dict[str, torch.Tensor]):
+def _one_step_both_ways(system: pl.LightningModule, family: bench.Family, batch: dict[str, torch.Tensor],
+                        root) -> tuple:
     """One Lightning training step and one hand-written step from the same weights."""
     if family.prepare is not None:
         family.prepare(system)
@@ -28,6 +29,7 @@ def _one_step_both_ways(system: pl.LightningModule, family: bench.Family, batch:
     params = [p for p in system.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         default_root_dir=root,  # figures of a logger-less run (PGGAN's samples) go here
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[_SeedEachStep()])
     trainer.fit(system, DataLoader(bench.Repeat([batch], 1), batch_size=None))
     torch.manual_seed(123)
@@ -75,11 +77,11 @@ def _system(family: str) -> tuple[pl.LightningModule, int]:
 
 
 @pytest.mark.parametrize("family", [f for f in bench.FAMILIES if bench.FAMILIES[f].present()])
-def test_plain_step_equals_the_framework_step(family):
+def test_plain_step_equals_the_framework_step(family, tmp_path):
     """Same weights, batch, noise and optimizers: the hand-written step lands on the framework's weights."""
     torch.manual_seed(0)
     system, size = _system(family)
-    before, framework, plain = _one_step_both_ways(system, bench.FAMILIES[family], _batch(size=size))
+    before, framework, plain = _one_step_both_ways(system, bench.FAMILIES[family], _batch(size=size), tmp_path)
     assert len(plain) == len(framework)
     moved = sum(not torch.equal(b, p) for b, p in zip(before, framework, strict=True))
     assert moved > len(before) // 2, "the framework step changed few weights: nothing to compare"

@@ -676,6 +676,8 @@ def cli_args(family: Family, args: argparse.Namespace, runs_dir: Path,
         argv += [a.format(size=args.image_size) for a in family.tiny_args]
     argv += [
         "--experiment", f"bench_{family.name}", "--runs_dir", str(runs_dir),
+        # where a variant without loggers writes its figures (Lightning's fallback is the cwd)
+        "--trainer.default_root_dir", str(runs_dir),
         *data_args(family, args), "--data.init_args.num_workers", "0",
         "--data.init_args.cache_dir", str(Path(args.out) / "cache"),
         "--trainer.accelerator", args.device, "--trainer.devices", "1",
