@@ -89,6 +89,26 @@ def test_plain_step_equals_the_framework_step(family, tmp_path):
         torch.testing.assert_close(p, f, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", [f for f in bench.FAMILIES if bench.FAMILIES[f].stand_in])
+def test_stand_in_keeps_the_systems_step_and_both_arms_alike(family, tmp_path):
+    """The fixed-cost runs swap in a one-layer network: the system's loss and metrics still run on
+    outputs of the real network's shapes, and the hand-written arm still does the framework's step."""
+    torch.manual_seed(0)
+    system, size = _system(family)
+    batch = _batch(size=size)
+    real = system.network.eval()(batch["image"], *([batch["sex"]] if family != "roi" else []))
+    bench.use_stand_in(system, batch)
+    assert type(system.network).__name__ == "StandIn"
+    stand = system.network(batch["image"], batch["sex"])
+    assert [t.shape for t in (real if isinstance(real, tuple) else (real,))] == [
+        t.shape for t in (stand if isinstance(stand, tuple) else (stand,))]
+    before, framework, plain = _one_step_both_ways(system, bench.FAMILIES[family], batch, tmp_path)
+    assert len(framework) == len(plain) and sum(p.numel() for p in framework) < 1000
+    assert all(not torch.equal(b, f) for b, f in zip(before, framework, strict=True))
+    for f, p in zip(framework, plain, strict=True):
+        torch.testing.assert_close(p, f, atol=1e-6, rtol=1e-5)
+
+
 def test_bench_runs_tiny_and_writes_table_and_json(tmp_path):
     out = tmp_path / "bench"
     res = bench.main(["--out", str(out), "--families", "regressor,tjnet", "--image-size", "64", "--batch", "4",
@@ -120,7 +140,11 @@ def test_bench_runs_tiny_and_writes_table_and_json(tmp_path):
         assert cost["cost_q1_ms"] <= cost["cost_ms"] <= cost["cost_q3_ms"]
         assert cost["implied_ratio"] == pytest.approx(1 + cost["cost_ms"] / fam["plain"]["median_ms"])
         assert fam["fixed_cost_ms"] == cost["cost_ms"]
-        assert f"| {cost['family']} | {cost['framework_ms']:.2f} |" in table
+        assert cost["network"] == "StandIn"  # the fixed cost's one-layer stand-in of the family's network
+        assert f"| {cost['family']} | StandIn | {cost['framework_ms']:.2f} |" in table
+    floor = saved["floor"]  # Lightning's own cost, the least a LightningModule can be, beside them
+    assert floor["blocks"] == 3 and floor["cost_q1_ms"] <= floor["cost_ms"] <= floor["cost_q3_ms"]
+    assert f"| Lightning's floor | Linear(1, 1), bare Trainer | {floor['framework_ms']:.2f} |" in table
     demo, large = saved["data"]["sets"]
     assert large["source_size"][0] > demo["source_size"][0] and large["images"] == 8  # 80% of 10 train
     paths = [r["path"] for r in demo["rows"]]

@@ -76,3 +76,30 @@ def test_a_missing_weights_file_ends_with_one_line(rsna_phantom, run_cli, tmp_pa
     last = err.strip().splitlines()[-1]
     assert last.startswith("boneage: pretrained weights for backbone") and "missing.pth" in last
     assert "Traceback" not in err and "Union subtypes" not in err
+
+
+def test_a_cpu_run_does_not_ask_nvml_at_every_optimizer_step(monkeypatch, tmp_path):
+    """Importing Lightning makes torch.cuda.is_available() ask NVML, uncached without a GPU, and
+    torch's Adam asks at every step: on a CPU run the CLI switches that off, so an optimizer step
+    does not load the NVML library again (make bench: about 0.35 ms a step on a 2-core CPU)."""
+    import sys
+
+    import torch
+
+    from boneage.cli import BoneAgeCLI
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as importing Lightning leaves it
+    BoneAgeCLI(args=["--config", "experiments/regressor_rsna.yaml", "--config", "tests/configs/regressor_rsna.yaml",
+                     "--runs_dir", str(tmp_path), "--trainer.accelerator", "cpu", "--trainer.logger", "false"],
+               run=False)
+    asked = []
+    nvml = torch.cuda._raw_device_count_nvml
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: asked.append(1) or nvml())
+    net = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.Adam(net.parameters())
+    for _ in range(3):
+        net(torch.ones(1, 1)).sum().backward()
+        optimizer.step()
+    assert asked == []

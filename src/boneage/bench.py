@@ -21,9 +21,12 @@ figures, every step time included):
    median ratio is above ``--threshold`` (1.05), the framework arm is run again with the progress
    bar, the loggers and the checkpoint callback turned off one at a time, and all together, so
    each one's cost is shown. The fixed cost per step is measured again at a tiny step (32x32,
-   batch 2; the GANs' networks at that size), where it stands out; on CPU both arms are then timed
-   in the main thread's CPU time with one torch thread (other users of a shared machine barely
-   move it). On CUDA every timed block also counts the host-device synchronisations per step
+   batch 2; the regressor, TJ-Net and ROI systems with a ``StandIn`` network of one linear layer
+   and the real network's output shapes, the GANs at their smallest widths, PGGAN at 8 px), where it stands out; on
+   CPU both arms are then timed in the main thread's CPU time with one torch thread (other users of
+   a shared machine barely move it). Beside it, Lightning's floor: the least a LightningModule can
+   be, under a bare Trainer, against the same hand-written loop (``run_floor``). On CUDA every
+   timed block also counts the host-device synchronisations per step
    (``torch.cuda.set_sync_debug_mode("warn")``, warnings counted). ``results.json`` carries per
    family ``step_ms``, ``framework_ms``, ``plain_ms``, ``ratio``, ``syncs_per_step`` (None on CPU)
    and ``fixed_cost_ms``.
@@ -417,6 +420,64 @@ def pggan_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
             b_ema.copy_(b)
 
 
+def floor_setup(system: Any) -> dict[str, Any]:
+    net = copy.deepcopy(system.network).train()
+    return {"net": net, "opt": torch.optim.Adam(net.parameters(), lr=1e-3)}
+
+
+def _floor_loss(net: nn.Module, batch: Batch) -> torch.Tensor:
+    x = batch["image"].float().mean(dim=tuple(range(1, batch["image"].dim()))).unsqueeze(1)
+    return F.mse_loss(net(x).squeeze(1), batch["age"].float())
+
+
+def floor_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
+    with loop.autocast():
+        loss = _floor_loss(s["net"], batch)
+    s["opt"].zero_grad(set_to_none=True)
+    loop.backward(loss)
+    loop.step(s["opt"])
+
+
+class StandIn(nn.Module):
+    """A network with another's interface and almost none of its compute, for measuring the
+    framework's fixed cost per step: the same call signature and outputs of the same shapes (one
+    linear layer from the image mean to each), so that the system's loss, metrics, logging and
+    optimizer steps all run as they do with the real network while the step itself takes a fraction
+    of a millisecond, and the framework's cost is no longer lost in the convolutions' spread."""
+
+    def __init__(self, widths: list[int], single: bool) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(1, w) for w in widths)
+        self.single = single
+
+    @classmethod
+    def like(cls, network: nn.Module, batch: Batch) -> StandIn:
+        with torch.no_grad():
+            out = network.eval()(batch["image"], *([batch["sex"]] if _takes_sex(network) else []))
+        network.train()
+        outs = [out] if torch.is_tensor(out) else list(out)
+        if any(o.dim() > 2 for o in outs):
+            raise ValueError(f"{type(network).__name__} returns more than (batch, k) outputs: no stand-in")
+        stand_in = cls([o.shape[1] if o.dim() == 2 else 1 for o in outs], torch.is_tensor(out))
+        stand_in.squeeze = [o.dim() == 1 for o in outs]
+        stand_in.takes_sex = _takes_sex(network)
+        return stand_in
+
+    def forward(self, image: torch.Tensor, sex: torch.Tensor | None = None) -> Any:
+        x = image.float().mean(dim=tuple(range(1, image.dim()))).unsqueeze(1)
+        outs = [h(x).squeeze(1) if sq else h(x) for h, sq in zip(self.heads, self.squeeze, strict=True)]
+        return outs[0] if self.single else tuple(outs)
+
+
+def _takes_sex(network: nn.Module) -> bool:
+    return "sex" in inspect.signature(network.forward).parameters
+
+
+def use_stand_in(system: Any, batch: Batch) -> None:
+    """Replace a single-network system's ``network`` by its ``StandIn`` (before its optimizers exist)."""
+    system.network = StandIn.like(system.network, batch)
+
+
 # --------------------------------------------------------------------------------------------
 # Module families
 # --------------------------------------------------------------------------------------------
@@ -435,6 +496,7 @@ class Family:
     # network overrides for the tiny step ("{size}": --breakdown-size): the smallest network of the
     # family's kind, so that the step is a few ms and the framework's fixed cost stands out of the noise
     tiny_args: tuple[str, ...] = ()
+    stand_in: bool = False  # one ``network``: the fixed-cost runs replace it by its StandIn
 
     def present(self) -> bool:
         try:
@@ -449,22 +511,23 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("regressor", "regressor_rsna", "boneage.systems.regression",
            (f"{NET}backbone", "resnet10t", f"{NET}hidden", "[64]", f"{NET}dropout", "0.0",
             "--data.init_args.image_size", "[128, 128]", "--data.init_args.batch_size", "32"),
-           regressor_setup, regressor_step, tiny_args=(f"{NET}backbone", "test_resnet", f"{NET}hidden", "[16]")),
+           regressor_setup, regressor_step, tiny_args=(f"{NET}backbone", "test_resnet", f"{NET}hidden", "[16]"),
+           stand_in=True),
     Family("tjnet", "tjnet_rsna", "boneage.systems.tjnet",
            (f"{NET}width", "0.25", f"{NET}sex_units", "16", f"{NET}age_hidden", "[64, 32]",
             f"{NET}sex_hidden", "32", "--model.init_args.heatmap_images", "0",
             "--data.init_args.image_size", "[128, 128]", "--data.init_args.batch_size", "32"),
            tjnet_setup, tjnet_step,
            tiny_args=(f"{NET}width", "0.125", f"{NET}sex_units", "8", f"{NET}age_hidden", "[16, 16]",
-                      f"{NET}sex_hidden", "16")),
+                      f"{NET}sex_hidden", "16"), stand_in=True),
     Family("roi", "roi_localizer_scinti", "boneage.systems.roi",
            (f"{NET}backbone", "resnet10t", "--model.init_args.max_figures", "0",
             "--data.init_args.image_size", "[320, 96]", "--data.init_args.batch_size", "32"),
-           roi_setup, roi_step, tiny_args=(f"{NET}backbone", "test_resnet")),
+           roi_setup, roi_step, tiny_args=(f"{NET}backbone", "test_resnet"), stand_in=True),
     Family("bapgan", "bapgan_femur", "boneage.systems.bapgan",
            (f"{NET}image_size", "64", f"{NET}width", "0.25", "--model.init_args.fid_feature_extractor", "randconv",
             "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "32"),
-           bapgan_setup, bapgan_step, tiny_args=(f"{NET}image_size", "{size}")),
+           bapgan_setup, bapgan_step, tiny_args=(f"{NET}image_size", "{size}", f"{NET}width", "0.0625")),
     Family("pggan", "pggan_rsna", "boneage.systems.pggan",
            ("--model.init_args.generator.init_args.resolution", "64",
             "--model.init_args.generator.init_args.latent_dim", "128",
@@ -478,8 +541,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             "--data.init_args.image_size", "[64, 64]", "--data.init_args.batch_size", "16"),
            pggan_setup, pggan_step, prepare=pggan_prepare,
            batch_args=("--model.init_args.batch_sizes", "{{4: {batch}}}"),
-           tiny_args=("--model.init_args.generator.init_args.resolution", "{size}",
-                      "--model.init_args.discriminator.init_args.resolution", "{size}")),
+           tiny_args=("--model.init_args.generator.init_args.resolution", "8",
+                      "--model.init_args.discriminator.init_args.resolution", "8",
+                      "--model.init_args.generator.init_args.width", "0.015625",
+                      "--model.init_args.discriminator.init_args.width", "0.015625",
+                      "--model.init_args.generator.init_args.latent_dim", "16")),
 )}
 
 NO_SYSTEM_LOG = "bench:no-system-log"  # not a CLI argument: handled by run_family
@@ -749,6 +815,8 @@ def _run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...]
     if NO_SYSTEM_LOG in extra:
         system.log = system.log_dict = lambda *a, **k: None
     batches = fixed_batches(dm, args.fixed_batches, pin=device.type == "cuda")
+    if getattr(args, "stand_in", False) and family.stand_in:
+        use_stand_in(system, batches[0])
     bench_loader = DataLoader(Repeat(batches, probe.total_steps), batch_size=None, num_workers=0)
     dm.train_dataloader = lambda: bench_loader  # the framework arm gets the same in-memory batches
     timer = Interleave(family, batches, loop, clock, mem, args.warmup, args.block, args.blocks)
@@ -789,11 +857,15 @@ def block_costs(framework: list[float], plain: list[float], block: int) -> list[
 
 
 def _tiny(args: argparse.Namespace, blocks: int) -> argparse.Namespace:
-    """The tiny step: the family's smallest networks (``Family.tiny_args``: the framework's fixed cost
-    does not depend on the network, and a few-ms step lets it stand out) at ``--breakdown-size``/``-batch``."""
+    """The tiny step at ``--breakdown-size``/``-batch``: the framework's fixed cost does not depend on
+    the network, and it stands out of the step's spread only when the step is short. The regressor,
+    TJ-Net and ROI systems get their network's ``StandIn`` (``--stand-in``, the default; else their
+    smallest real network, ``Family.tiny_args``); the GANs, whose several networks interlock, get their
+    smallest widths (``Family.tiny_args``)."""
     tiny = copy.copy(args)
     tiny.scale = "tiny" if args.scale == "tiny" else "small"
     tiny.image_size, tiny.batch, tiny.tiny_step = args.breakdown_size, args.breakdown_batch, True
+    tiny.stand_in = args.stand_in
     tiny.warmup, tiny.block, tiny.blocks = 3, args.breakdown_block, blocks
     return tiny
 
@@ -807,11 +879,58 @@ def run_fixed_cost(family: Family, args: argparse.Namespace, full: dict[str, Any
     costs = r["block_cost_ms"]
     q1, med, q3 = (float(x) for x in np.percentile(costs, [25, 50, 75]))
     plain_ms = full["plain"]["median_ms"]
-    return {"family": family.name, "batch": r["batch"], "image_size": r["image_size"], "clock": r["clock"],
+    return {"family": family.name, "network": r["network"], "batch": r["batch"], "image_size": r["image_size"],
+            "clock": r["clock"],
             "framework_ms": r["framework"]["median_ms"], "plain_ms": r["plain"]["median_ms"],
             "cost_ms": med, "cost_q1_ms": q1, "cost_q3_ms": q3, "blocks": len(costs),
             "step_ms": plain_ms, "implied_ratio": 1.0 + med / plain_ms,
             "implied_ratio_q3": 1.0 + q3 / plain_ms}
+
+
+def run_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """Lightning's own cost per step on this machine: the least a LightningModule can be (one linear
+    layer from the image mean, its loss, one Adam; automatic optimisation) under a bare Trainer (no
+    loggers, checkpoints, progress bar or model summary), against the same hand-written loop, timed
+    like the fixed cost. The framework's fixed cost of a family less this floor is what the project's
+    own systems, callbacks and loggers add."""
+    import pytorch_lightning as pl
+
+    class Floor(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = nn.Linear(1, 1)
+
+        def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+            return _floor_loss(self.network, batch)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    size, batch = args.breakdown_size, args.breakdown_batch
+    batches = [{"image": torch.randn(batch, 1, size, size, generator=g), "age": torch.rand(batch, generator=g) * 200,
+                "sex": torch.ones(batch), "index": torch.arange(batch)} for _ in range(args.fixed_batches)]
+    family = Family("lightning floor", "", "", (), floor_setup, floor_step)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        clock = Clock(device, cpu_time=device.type == "cpu")
+        timer = Interleave(family, batches, PlainLoop(device, args.precision), clock, PeakMemory(device), 3,
+                           args.breakdown_block, args.cost_blocks)
+        trainer = pl.Trainer(accelerator=args.device, devices=1, precision=args.precision, max_epochs=1,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[timer], default_root_dir=Path(args.out) / "runs")
+        torch.manual_seed(0)
+        trainer.fit(Floor(), DataLoader(Repeat(batches, timer.total_steps), batch_size=None, num_workers=0))
+    finally:
+        torch.set_num_threads(threads)
+    costs = block_costs(timer.framework.cycles, timer.plain.record.cycles, args.breakdown_block)
+    q1, med, q3 = (float(x) for x in np.percentile(costs, [25, 50, 75]))
+    return {"framework_ms": timer.framework.summary(batch)["median_ms"],
+            "plain_ms": timer.plain.record.summary(batch)["median_ms"], "cost_ms": med, "cost_q1_ms": q1,
+            "cost_q3_ms": q3, "blocks": len(costs), "clock": clock.kind}
 
 
 def run_breakdown(family: Family, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -1136,18 +1255,29 @@ def markdown(res: dict[str, Any]) -> str:
     if res.get("fixed_cost"):
         c0 = res["fixed_cost"][0]
         lines += ["", f"Fixed cost of the framework per step, where it stands out: a tiny step (batch {c0['batch']}, "
-                  f"{c0['image_size'][0]}x{c0['image_size'][1]}), {c0['blocks']} pairs of neighbouring blocks timed in "
-                  f"{c0['clock']}; cost = "
+                  f"{c0['image_size'][0]}x{c0['image_size'][1]}; the single-network families with a StandIn network of "
+                  f"one linear layer, the GANs at their smallest widths), {c0['blocks']} pairs of neighbouring blocks "
+                  f"timed in {c0['clock']}; cost = "
                   "median over the pairs of (framework - plain) block medians, with its interquartile range. The "
                   "cost does not grow with model or batch, so the ratio at the configuration above is about "
                   "1 + cost / plain step: a tighter figure than the direct ratio of two noisy medians.", "",
-                  "| family | tiny framework (ms) | tiny plain (ms) | cost (ms/step) | cost IQR (ms) "
+                  "| family | tiny network | tiny framework (ms) | tiny plain (ms) | cost (ms/step) | cost IQR (ms) "
                   "| plain step above (ms) | **implied ratio** | implied ratio at the cost's Q3 |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|"]
+        floor = res.get("floor")
+        if floor:
+            lines.append(f"| Lightning's floor | Linear(1, 1), bare Trainer | {_f(floor['framework_ms'], 2)} "
+                         f"| {_f(floor['plain_ms'], 2)} | {_f(floor['cost_ms'], 2)} | {_f(floor['cost_q1_ms'], 2)} "
+                         f"to {_f(floor['cost_q3_ms'], 2)} | | | |")
         for c in res["fixed_cost"]:
-            lines.append(f"| {c['family']} | {_f(c['framework_ms'], 2)} | {_f(c['plain_ms'], 2)} "
+            lines.append(f"| {c['family']} | {c.get('network', '')} | {_f(c['framework_ms'], 2)} "
+                         f"| {_f(c['plain_ms'], 2)} "
                          f"| {_f(c['cost_ms'], 2)} | {_f(c['cost_q1_ms'], 2)} to {_f(c['cost_q3_ms'], 2)} "
                          f"| {_f(c['step_ms'])} | **{_f(c['implied_ratio'], 3)}** | {_f(c['implied_ratio_q3'], 3)} |")
+        if floor:
+            lines += ["", "Lightning's floor: the least a LightningModule can be (one linear layer, automatic "
+                      "optimisation) under a bare Trainer, against the same hand-written loop; a family's cost "
+                      "less the floor is what the project's systems, callbacks and loggers add."]
     if res["breakdown"]:
         b = res["breakdown"][0]
         lines += ["", f"What the framework costs per step, and each setting of it: a tiny step (batch {b['batch']}, "
@@ -1234,6 +1364,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--breakdown-size", type=int, default=32,
                    help="image size of the tiny step (fixed cost, breakdown; the GANs' networks follow it)")
     p.add_argument("--breakdown-batch", type=int, default=2, help="batch of the breakdown's tiny step")
+    p.add_argument("--stand-in", action=argparse.BooleanOptionalAction, default=True,
+                   help="the tiny step of the single-network families (regressor, TJ-Net, ROI) uses a stand-in "
+                        "network (bench.StandIn: same interface and output shapes, one linear layer) so that "
+                        "the fixed cost is not lost in the convolutions' spread; --no-stand-in: their smallest "
+                        "real networks")
     p.add_argument("--breakdown-block", type=int, default=8)
     p.add_argument("--breakdown-blocks", type=int, default=5)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
@@ -1282,7 +1417,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
     res: dict[str, Any] = {"machine": machine(), "load_before": load_average(), "config": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "memory_kind": PeakMemory(torch.device(args.device)).kind, "families": [], "fixed_cost": [],
+        "memory_kind": PeakMemory(torch.device(args.device)).kind, "families": [], "fixed_cost": [], "floor": None,
         "breakdown": [],
         "options": {}, "data": {}}
     first = None
@@ -1303,6 +1438,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         over = res["fixed_cost"][-1]["implied_ratio"] if args.cost_blocks else r["ratio_median"]
         if args.breakdown == "always" or (args.breakdown == "auto" and over > args.threshold):
             res["breakdown"] += run_breakdown(FAMILIES[name], args)
+    if res["fixed_cost"]:
+        print("lightning floor")
+        res["floor"] = run_floor(args)
+        print(f"  Lightning's own cost: {res['floor']['cost_ms']:.2f} ms/step")
     if first is not None:
         res["options"] = run_options(FAMILIES[first["family"]], first, args)
         if args.data:

@@ -62,7 +62,7 @@ PGGAN_BATCH = 4  # the discriminator's minibatch-stddev group (experiments/pggan
 class StepProbe(Callback):
     """Times every training step (on_train_batch_start, batch on the device, to on_train_batch_end;
     CUDA synchronised at both ends), records the logged training losses, the parameter count and
-    the input's shape, and writes them to ``out_dir/probe.json`` when training ends.
+    the input's shape, and writes them to ``out_dir/probe.json`` after every step.
 
     ``channels_last``: the model and every 4-D tensor of each batch in channels_last memory format
     (no trainer option does this; the GPU check uses it)."""
@@ -109,8 +109,12 @@ class StepProbe(Callback):
             if key.startswith("train/") and "loss" in key and torch.is_tensor(value) and value.numel() == 1:
                 found[key] = float(value)
         self.losses.append(found)
+        self._write(trainer, pl_module)  # after every step: a run stopped mid-way keeps its timings
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def _write(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             out = {"step_ms": self.step_ms, "losses": self.losses, "image_shape": self.image_shape,
                    "params": self.params, "world_size": trainer.world_size,
