@@ -545,7 +545,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                       "--model.init_args.discriminator.init_args.resolution", "8",
                       "--model.init_args.generator.init_args.width", "0.015625",
                       "--model.init_args.discriminator.init_args.width", "0.015625",
-                      "--model.init_args.generator.init_args.latent_dim", "16")),
+                      "--model.init_args.generator.init_args.latent_dim", "16",
+                      "--data.init_args.image_size", "[8, 8]")),
 )}
 
 NO_SYSTEM_LOG = "bench:no-system-log"  # not a CLI argument: handled by run_family
@@ -815,7 +816,7 @@ def _run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...]
     if NO_SYSTEM_LOG in extra:
         system.log = system.log_dict = lambda *a, **k: None
     batches = fixed_batches(dm, args.fixed_batches, pin=device.type == "cuda")
-    if getattr(args, "stand_in", False) and family.stand_in:
+    if getattr(args, "tiny_step", False) and getattr(args, "stand_in", False) and family.stand_in:
         use_stand_in(system, batches[0])
     bench_loader = DataLoader(Repeat(batches, probe.total_steps), batch_size=None, num_workers=0)
     dm.train_dataloader = lambda: bench_loader  # the framework arm gets the same in-memory batches
