@@ -98,3 +98,41 @@ def test_age_accuracy_a_hair_above_chance_is_not_a_holding_claim():
     assert not cl.above_chance(100 * 63 / 310, 20.0, 310)[0]
     assert cl.above_chance(100 * 90 / 310, 20.0, 310)[0]  # 29 %: p < 0.001
     assert "p = " in cl.above_chance(25.0, 20.0, 310)[1]
+
+
+def _pggan_verdicts(monkeypatch, generated_ages, regressor_mae, lasso_error):
+    """PGGAN's claim rows from analysis results given directly (ages in months; real: 0-228 uniform)."""
+    import types
+
+    import numpy as np
+
+    import boneage.runs
+
+    real = np.linspace(0, 228, 200)
+    reg = types.SimpleNamespace(label="xception_rsna/r1")
+    monkeypatch.setattr(cl, "pggan", lambda ctx: {"gan": None, "analysis": None, "regressor": reg, "json": {
+        "regressor_errors": {"test_mae": regressor_mae, "units": "months"},
+        "lasso": {"test_abs_error_mean": lasso_error, "test_abs_error_sd": 1.0, "train_abs_error_mean": lasso_error},
+        "neighbours": {"age_sd_by_features_mean": 10.0, "age_sd_by_pixels_mean": 20.0}}})
+    monkeypatch.setattr(cl, "_shard_ages", lambda analysis: np.asarray(generated_ages, dtype=float))
+    monkeypatch.setattr(boneage.runs, "build_data", lambda run, *a: types.SimpleNamespace(
+        table=lambda split: pd.DataFrame({"age": real})))
+    rows = cl.pggan_claims(types.SimpleNamespace(problems=[]))
+    return {r.claim.split(" (")[0]: r.verdict for r in rows}
+
+
+def test_a_generator_of_mean_age_hands_or_a_blind_regressor_cannot_make_a_pggan_claim_hold(monkeypatch):
+    """The demo's regressor (MAE 34 months) does no better than predicting the mean (57 months on these
+    ages is its distance): a generator drawing every hand at the mean age has a W1 below that MAE, yet
+    its distribution is not realistic; and ages decoded from such a regressor carry no age."""
+    import numpy as np
+
+    realistic = "Generated hands have a realistic age distribution"
+    decodable = "Age is linearly decodable from the latent space"
+    mean_age = _pggan_verdicts(monkeypatch, np.full(100, 114.0), regressor_mae=60.0, lasso_error=5.0)
+    assert mean_age[realistic] == cl.FAILS  # W1 57 < MAE 60, but no better than the mean-age generator
+    spread = np.linspace(5, 225, 100)
+    blind = _pggan_verdicts(monkeypatch, spread, regressor_mae=60.0, lasso_error=5.0)
+    assert blind[decodable] == cl.FAILS  # a small LASSO error, but the regressor (60) is no better than the mean (57)
+    good = _pggan_verdicts(monkeypatch, spread, regressor_mae=20.0, lasso_error=5.0)
+    assert good[realistic] == cl.HOLDS and good[decodable] == cl.HOLDS
