@@ -103,3 +103,24 @@ def test_a_cpu_run_does_not_ask_nvml_at_every_optimizer_step(monkeypatch, tmp_pa
         net(torch.ones(1, 1)).sum().backward()
         optimizer.step()
     assert asked == []
+
+
+def test_the_cli_draws_its_progress_bar_on_a_clock_unless_the_config_names_one(monkeypatch, tmp_path):
+    """A fit from the CLI redraws its bar at most every 0.5 s (tqdm's redraw at every batch cost about
+    1 ms a step, make bench); a progress bar the config names is kept as it is."""
+    import sys
+
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from boneage.callbacks import TimedProgressBar
+    from boneage.cli import BoneAgeCLI
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    base = ["--config", "experiments/regressor_rsna.yaml", "--config", "tests/configs/regressor_rsna.yaml",
+            "--runs_dir", str(tmp_path), "--trainer.accelerator", "cpu", "--trainer.logger", "false"]
+    bar = BoneAgeCLI(args=base, run=False).trainer.progress_bar_callback
+    assert isinstance(bar, TimedProgressBar) and bar.interval == 0.5
+    own = BoneAgeCLI(args=[*base, "--trainer.callbacks+=pytorch_lightning.callbacks.TQDMProgressBar",
+                           "--trainer.callbacks.refresh_rate=10"], run=False).trainer.progress_bar_callback
+    assert type(own) is TQDMProgressBar and own.refresh_rate == 10
