@@ -22,11 +22,11 @@ figures, every step time included):
    bar, the loggers and the checkpoint callback turned off one at a time, and all together, so
    each one's cost is shown. The fixed cost per step is measured again at a tiny step (32x32,
    batch 2; the regressor, TJ-Net and ROI systems with a ``StandIn`` network of one linear layer
-   and the real network's output shapes, the GANs at their smallest widths, PGGAN at 8 px), where it stands out; on
-   CPU both arms are then timed in the main thread's CPU time with one torch thread (other users of
-   a shared machine barely move it). Beside it, Lightning's floor: the least a LightningModule can
-   be, under a bare Trainer, against the same hand-written loop (``run_floor``). On CUDA every
-   timed block also counts the host-device synchronisations per step
+   and the real network's output shapes, the GANs at their smallest widths, PGGAN at 8 px), where
+   it stands out; on CPU both arms are then timed in the main thread's CPU time with one torch
+   thread (other users of a shared machine barely move it). Beside it, Lightning's floor: the least
+   a LightningModule can be, under a bare Trainer, against the same hand-written loop
+   (``run_floor``). On CUDA every timed block also counts the host-device synchronisations per step
    (``torch.cuda.set_sync_debug_mode("warn")``, warnings counted). ``results.json`` carries per
    family ``step_ms``, ``framework_ms``, ``plain_ms``, ``ratio``, ``syncs_per_step`` (None on CPU)
    and ``fixed_cost_ms``.
@@ -421,6 +421,7 @@ def pggan_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
 
 
 def floor_setup(system: Any) -> dict[str, Any]:
+    """Lightning's floor (run_floor): a copy of the one-layer network and its Adam."""
     net = copy.deepcopy(system.network).train()
     return {"net": net, "opt": torch.optim.Adam(net.parameters(), lr=1e-3)}
 
@@ -431,6 +432,7 @@ def _floor_loss(net: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def floor_step(s: dict[str, Any], batch: Batch, loop: PlainLoop) -> None:
+    """Lightning's floor by hand: the one-layer loss and one Adam step."""
     with loop.autocast():
         loss = _floor_loss(s["net"], batch)
     s["opt"].zero_grad(set_to_none=True)
@@ -445,32 +447,29 @@ class StandIn(nn.Module):
     optimizer steps all run as they do with the real network while the step itself takes a fraction
     of a millisecond, and the framework's cost is no longer lost in the convolutions' spread."""
 
-    def __init__(self, widths: list[int], single: bool) -> None:
+    def __init__(self, widths: list[int], flat: list[bool], single: bool) -> None:
         super().__init__()
         self.heads = nn.ModuleList(nn.Linear(1, w) for w in widths)
-        self.single = single
+        self.flat = flat  # outputs of shape (batch,) rather than (batch, k)
+        self.single = single  # one tensor rather than a tuple
 
     @classmethod
     def like(cls, network: nn.Module, batch: Batch) -> StandIn:
+        """The stand-in of ``network``: its outputs on ``batch`` give the shapes."""
+        takes_sex = "sex" in inspect.signature(network.forward).parameters
         with torch.no_grad():
-            out = network.eval()(batch["image"], *([batch["sex"]] if _takes_sex(network) else []))
+            out = network.eval()(batch["image"], *([batch["sex"]] if takes_sex else []))
         network.train()
         outs = [out] if torch.is_tensor(out) else list(out)
         if any(o.dim() > 2 for o in outs):
             raise ValueError(f"{type(network).__name__} returns more than (batch, k) outputs: no stand-in")
-        stand_in = cls([o.shape[1] if o.dim() == 2 else 1 for o in outs], torch.is_tensor(out))
-        stand_in.squeeze = [o.dim() == 1 for o in outs]
-        stand_in.takes_sex = _takes_sex(network)
-        return stand_in
+        return cls([o.shape[1] if o.dim() == 2 else 1 for o in outs], [o.dim() == 1 for o in outs],
+                   torch.is_tensor(out))
 
     def forward(self, image: torch.Tensor, sex: torch.Tensor | None = None) -> Any:
         x = image.float().mean(dim=tuple(range(1, image.dim()))).unsqueeze(1)
-        outs = [h(x).squeeze(1) if sq else h(x) for h, sq in zip(self.heads, self.squeeze, strict=True)]
+        outs = [h(x).squeeze(1) if flat else h(x) for h, flat in zip(self.heads, self.flat, strict=True)]
         return outs[0] if self.single else tuple(outs)
-
-
-def _takes_sex(network: nn.Module) -> bool:
-    return "sex" in inspect.signature(network.forward).parameters
 
 
 def use_stand_in(system: Any, batch: Batch) -> None:
