@@ -784,11 +784,18 @@ def run_family(family: Family, args: argparse.Namespace, extra: tuple[str, ...] 
     """Interleaved framework and plain arms of one family; a summary with both arms and the ratio.
     ``cpu_time`` (CPU device): steps timed in the main thread's CPU time, one torch thread (Clock)."""
     cpu_time = cpu_time and args.device == "cpu"
+    with one_torch_thread(cpu_time):
+        return _run_family(family, args, extra, Clock(torch.device(args.device), cpu_time))
+
+
+@contextlib.contextmanager
+def one_torch_thread(on: bool = True) -> Any:
+    """One torch thread while timing in CPU time (every step's work on the timed thread)."""
     threads = torch.get_num_threads()
-    if cpu_time:
+    if on:
         torch.set_num_threads(1)
     try:
-        return _run_family(family, args, extra, Clock(torch.device(args.device), cpu_time))
+        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -912,10 +919,7 @@ def run_floor(args: argparse.Namespace) -> dict[str, Any]:
     batches = [{"image": torch.randn(batch, 1, size, size, generator=g), "age": torch.rand(batch, generator=g) * 200,
                 "sex": torch.ones(batch), "index": torch.arange(batch)} for _ in range(args.fixed_batches)]
     family = Family("lightning floor", "", "", (), floor_setup, floor_step)
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with one_torch_thread(device.type == "cpu"):
         clock = Clock(device, cpu_time=device.type == "cpu")
         timer = Interleave(family, batches, PlainLoop(device, args.precision), clock, PeakMemory(device), 3,
                            args.breakdown_block, args.cost_blocks)
@@ -924,8 +928,6 @@ def run_floor(args: argparse.Namespace) -> dict[str, Any]:
                              enable_model_summary=False, callbacks=[timer], default_root_dir=Path(args.out) / "runs")
         torch.manual_seed(0)
         trainer.fit(Floor(), DataLoader(Repeat(batches, timer.total_steps), batch_size=None, num_workers=0))
-    finally:
-        torch.set_num_threads(threads)
     costs = block_costs(timer.framework.cycles, timer.plain.record.cycles, args.breakdown_block)
     q1, med, q3 = (float(x) for x in np.percentile(costs, [25, 50, 75]))
     return {"framework_ms": timer.framework.summary(batch)["median_ms"],

@@ -183,6 +183,14 @@ class MetricInputs:
         self.every = int(every)
         self._kept: dict[int, tuple[object, list[tuple[torch.Tensor, ...]]]] = {}
 
+    @classmethod
+    def attached_to(cls, module: torch.nn.Module, every: int = 50) -> MetricInputs:
+        """Kept inputs of ``module``'s metrics, flushed before every ``module.state_dict()`` (so a
+        checkpoint holds every step's)."""
+        inputs = cls(every)
+        module.register_state_dict_pre_hook(inputs.flush)
+        return inputs
+
     def add(self, metric: object, *inputs: torch.Tensor) -> None:
         """Keep ``inputs`` of ``metric.update`` (a torchmetrics Metric or MetricCollection)."""
         calls = self._kept.setdefault(id(metric), (metric, []))[1]

@@ -118,8 +118,7 @@ class AgeGroupLocalizer(pl.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
         self.val_acc_best = MaxMetric()
-        self._metric_inputs = MetricInputs()  # per-step updates, handed over together (base.MetricInputs)
-        self.register_state_dict_pre_hook(self._metric_inputs.flush)  # checkpoints hold every step's
+        self._metric_inputs = MetricInputs.attached_to(self)  # per-step updates, handed over together
         self._exporter: RoiExporter | None = None
 
     # --- training ------------------------------------------------------------------------

@@ -223,8 +223,7 @@ class TJNetSystem(pl.LightningModule):
         self.train_ce = MeanMetric(nan_strategy="disable")
         self.train_mad_cls = MeanMetric(nan_strategy="disable")
         self.val_mae_best = MinMetric()
-        self._metric_inputs = MetricInputs()  # per-step updates, handed over together (base.MetricInputs)
-        self.register_state_dict_pre_hook(self._metric_inputs.flush)  # checkpoints hold every step's
+        self._metric_inputs = MetricInputs.attached_to(self)  # per-step updates, handed over together
         self.age_units = "years"
         self._outputs: list[dict[str, torch.Tensor]] = []
         self._heat_batch: dict[str, torch.Tensor] | None = None
